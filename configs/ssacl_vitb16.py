@@ -1,0 +1,17 @@
+"""SS-ACL at the paper's sizes: ViT-B/16 224 px, MAE decoder 4x768/6, text 6x384/6, GPT-2 small.
+
+  python -m ssacl_jax.main --config configs/ssacl_vitb16.py --workdir runs/vitb16 \
+      --config.data.dataset=mimic_cxr --config.data.manual_dir=/data/mimic-cxr-jpg
+
+Variants: `:bf16` (bfloat16 compute, float32 parameters), `batch=N`, `steps=N`.
+"""
+from ssacl_jax import config_lib
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, bf16=False, batch=256, steps=100_000)
+  c = config_lib.base_config()
+  c.model.dtype = "bfloat16" if a.bf16 else "float32"
+  c.train.global_batch_size = a.batch
+  c.train.num_steps = a.steps
+  return c

@@ -1,0 +1,76 @@
+"""Label a CSV of reports like the Stanford chexpert-labeler's label.py.
+
+  python -m input_pipeline.label_reports --reports IN.csv --output OUT.csv
+
+IN.csv: one column, no header, one report per row (quote reports holding commas or
+line breaks). OUT.csv: `Reports,No Finding,...,Support Devices`, the report as read and
+each observation as 1.0 / 0.0 / -1.0, blank when not mentioned, as the original writes.
+"""
+from __future__ import annotations
+
+import csv
+import pathlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from absl import app, flags
+
+from input_pipeline import labeler as labeler_lib
+from ssacl_jax import anatomy
+
+REPORTS = "Reports"
+_CELL = {labeler_lib.POSITIVE: "1.0", labeler_lib.NEGATIVE: "0.0",
+         labeler_lib.UNCERTAIN: "-1.0", labeler_lib.NOT_MENTIONED: ""}
+
+
+def define_flags() -> None:
+  """Flags exist only when run as a program, so importing this never clashes."""
+  flags.DEFINE_string("reports", None, "Headerless one-column CSV of reports.")
+  flags.DEFINE_string("output", None, "Where to write the labelled CSV.")
+  flags.DEFINE_string("rules_dir", None, "Rule directory (default: packaged chexpert_rules).")
+  flags.mark_flags_as_required(["reports", "output"])
+
+
+def read_reports(path: str | pathlib.Path) -> list[str]:
+  """Reports of a headerless CSV; blank lines are skipped as pandas does.
+
+  A row split by an unquoted comma is joined back, so a careless file still gives one
+  report per line instead of a silently truncated one.
+  """
+  with open(path, newline="", encoding="utf-8") as f:
+    return [",".join(row) for row in csv.reader(f) if row]
+
+
+def format_rows(reports: Sequence[str], labels: np.ndarray) -> list[list[str]]:
+  """Header plus one row per report, cells coded like the original's output."""
+  header = [REPORTS, *anatomy.PATHOLOGIES]
+  return [header] + [[r, *(_CELL[int(v)] for v in row)] for r, row in zip(reports, labels)]
+
+
+def write_rows(path: str | pathlib.Path, rows: Iterable[Sequence[str]]) -> None:
+  """pandas.to_csv's dialect: minimal quoting and '\\n' line ends."""
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    csv.writer(f, lineterminator="\n").writerows(rows)
+
+
+def label_file(reports_path: str | pathlib.Path, output_path: str | pathlib.Path,
+               rules_dir: str | None = None) -> np.ndarray:
+  """Label every report of `reports_path` into `output_path`; returns int8 [n, 14]."""
+  lab = labeler_lib.Labeler(rules_dir) if rules_dir else labeler_lib.default_labeler()
+  reports = read_reports(reports_path)
+  labels = lab.label_many(reports)
+  write_rows(output_path, format_rows(reports, labels))
+  return labels
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  fl = flags.FLAGS
+  labels = label_file(fl.reports, fl.output, fl.rules_dir)
+  print(f"labelled {len(labels)} reports -> {fl.output}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,179 @@
+"""Orbax checkpoints: the train state and the data iterator state, saved together.
+
+Layout: WORKDIR/checkpoints/<step>/{state, data, meta}. Saves are asynchronous and
+atomic (Orbax writes to a temporary directory and renames it when complete, so an
+interrupted save is never restored). The last `max_to_keep` steps are kept, plus the
+best by the validation metric.
+
+Restoring goes through an abstract target that carries the shardings of the current mesh,
+so a checkpoint written on one mesh restores onto another. The checkpoint's tree is
+compared to the model first: missing, extra or mis-shaped parameters are listed in the
+error, or, with `config.checkpoint.partial_restore`, the matching ones are restored and
+the rest keep their fresh initialisation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+from ssacl_jax import anatomy, sharding
+
+
+class CheckpointMismatchError(ValueError):
+  pass
+
+
+@dataclasses.dataclass
+class TreeDiff:
+  missing: list[str]        # in the model, not in the checkpoint
+  unexpected: list[str]     # in the checkpoint, not in the model
+  mis_shaped: list[str]     # in both, different shapes
+
+  def empty(self) -> bool:
+    return not (self.missing or self.unexpected or self.mis_shaped)
+
+  def describe(self, limit: int = 20) -> str:
+    lines = []
+    for title, items in (("missing from the checkpoint", self.missing),
+                         ("in the checkpoint but not in the model", self.unexpected),
+                         ("with different shapes", self.mis_shaped)):
+      if items:
+        lines.append(f"{len(items)} parameter(s) {title}:")
+        lines += [f"  {x}" for x in items[:limit]]
+        if len(items) > limit:
+          lines.append(f"  ... and {len(items) - limit} more")
+    return "\n".join(lines)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  return {"/".join(k): tuple(getattr(v, "shape", ())) for k, v in sharding.flatten_by_path(tree).items()}
+
+
+def diff_trees(model_tree, checkpoint_tree) -> TreeDiff:
+  want, have = _shapes(model_tree), _shapes(checkpoint_tree)
+  return TreeDiff(
+      missing=sorted(set(want) - set(have)),
+      unexpected=sorted(set(have) - set(want)),
+      mis_shaped=sorted(f"{k}: model {want[k]} vs checkpoint {have[k]}"
+                        for k in set(want) & set(have) if want[k] != have[k]))
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+class Checkpointer:
+  """CheckpointManager for (state, data iterator, metadata) under WORKDIR/checkpoints."""
+
+  def __init__(self, workdir, config, *, read_only: bool = False):
+    ck = config.checkpoint
+    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    policies = [cm.LatestN(ck.max_to_keep)]
+    if ck.best_metric:
+      policies.append(cm.BestN(get_metric_fn=lambda m: m[ck.best_metric],
+                               reverse=ck.best_mode == "min", n=1,
+                               keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        create=not read_only, read_only=read_only, enable_async_checkpointing=ck.async_save,
+        preservation_policy=cm.AnyPreservationPolicy(policies),
+        cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.partial_restore = bool(ck.partial_restore)
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def all_steps(self):
+    return self.manager.all_steps()
+
+  def save(self, step: int, state, data_iterator=None, metrics=None, meta=None, force=False):
+    items = dict(state=ocp.args.StandardSave(state),
+                 meta=ocp.args.JsonSave(dict(step=int(step), anatomy_nodes=list(anatomy.NODES),
+                                             graph_version=anatomy.GRAPH_VERSION, **(meta or {}))))
+    if data_iterator is not None:
+      items["data"] = _data_save(data_iterator)
+    return self.manager.save(int(step), args=ocp.args.Composite(**items),
+                             metrics=metrics, force=force)
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+  def read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def checkpoint_tree(self, step: int):
+    """The stored state's tree of shapes (metadata only, nothing loaded)."""
+    meta = self.manager.item_metadata(step)
+    state_meta = meta["state"] if "state" in meta else meta.state
+    return state_meta
+
+  def restore(self, step: int, abstract_state, data_iterator=None, *, params_only=False):
+    """Restore `step` into the shardings of `abstract_state` (a tree of ShapeDtypeStructs).
+
+    Returns the restored state (a full state, or only its params with params_only).
+    data_iterator, when given, has its state set from the checkpoint in place.
+    """
+    target = abstract_state
+    stored = self.checkpoint_tree(step)
+    if params_only:
+      target = {"params": abstract_state["params"]}
+      stored = {"params": _get(stored, "params")}
+    diff = diff_trees(target, stored)
+    if not diff.empty():
+      if not self.partial_restore:
+        raise CheckpointMismatchError(
+            f"checkpoint {self.directory / str(step)} does not match the model:\n{diff.describe()}\n"
+            "Fix the config so the model matches, or pass --config.checkpoint.partial_restore=True "
+            "to restore only the parameters that match (the rest keep their initialisation).")
+      logging.warning("partial restore from step %d:\n%s", step, diff.describe())
+    restored = self._restore_matching(step, target, stored, diff, data_iterator, params_only)
+    return restored
+
+  def _restore_matching(self, step, target, stored, diff, data_iterator, params_only):
+    if diff.empty() and not params_only:
+      items = dict(state=ocp.args.StandardRestore(target))
+      if data_iterator is not None:
+        items["data"] = _data_restore(data_iterator)
+      return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    skip = set(diff.missing) | {m.split(":")[0] for m in diff.mis_shaped}
+    flat_target = {"/".join(k): v for k, v in sharding.flatten_by_path(target).items()}
+    wanted = {k: v for k, v in flat_target.items() if k not in skip}
+    # Restore the matching leaves only: a target with placeholders elsewhere.
+    def pick(path, leaf):
+      key = "/".join(sharding._path_key(path))
+      return wanted.get(key, ocp.PLACEHOLDER)
+    stored_target = jax.tree_util.tree_map_with_path(pick, stored)
+    restore_args = jax.tree.map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype)
+        if isinstance(x, jax.ShapeDtypeStruct) else None, stored_target)
+    got = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        stored_target, restore_args=restore_args, partial_restore=True)))["state"]
+    if params_only:
+      got = got
+    flat_got = {"/".join(k): v for k, v in sharding.flatten_by_path(got).items()}
+    return {k: v for k, v in flat_got.items() if k in wanted}
+
+
+def _get(tree, key):
+  return tree[key] if isinstance(tree, dict) or hasattr(tree, "__getitem__") else getattr(tree, key)
+
+
+def _data_save(iterator):
+  import grain
+  return grain.checkpoint.CheckpointSave(iterator)
+
+
+def _data_restore(iterator):
+  import grain
+  return grain.checkpoint.CheckpointRestore(iterator)

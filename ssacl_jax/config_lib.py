@@ -1,0 +1,172 @@
+"""Config helpers: the base config every configs/*.py starts from, variant parsing, checks.
+
+A config file defines `get_config(arg=None)`; `arg` is a comma-separated list of variants
+and `name=value` pairs (`--config configs/demo.py:steps=50,bf16`), parsed by `parse_arg`.
+Single fields are overridden on the command line with `--config.train.num_steps=10`.
+"""
+from __future__ import annotations
+
+import ast
+
+import ml_collections
+
+# Logical axis -> mesh axes. Parameters shard their 'embed' axis over fsdp (ZeRO-3 style)
+# and their 'mlp'/'heads'/'vocab' axes over tensor; activations shard the batch over
+# data x fsdp and their hidden axes over tensor.
+DEFAULT_SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv", None),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("patch", None),
+    ("positions", None),
+    ("norm", None),
+)
+
+
+def parse_arg(arg: str | None, **defaults):
+  """'a=1,b,c=x' -> ConfigDict of defaults updated; a bare name sets a bool to True."""
+  values = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    name, _, raw = item.partition("=")
+    if name not in values:
+      raise KeyError(f"unknown config variant {name!r}; valid: {', '.join(sorted(values.keys()))}")
+    if not raw:
+      values[name] = True
+      continue
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    values[name] = type(values[name])(value) if values[name] is not None else value
+  return values
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The paper's model (SPEC 2) and the release's recipe (SPEC 6); configs edit this."""
+  c = ml_collections.ConfigDict()
+
+  c.model = m = ml_collections.ConfigDict()
+  m.image_size = 224
+  m.patch = 16
+  m.channels = 3
+  m.dtype = "float32"          # compute dtype: 'bfloat16' for mixed precision
+  m.param_dtype = "float32"
+  m.remat = False
+  m.encoder = dict(width=768, depth=12, num_heads=12, mlp_dim=3072)
+  m.image_decoder = dict(width=768, depth=4, num_heads=6, mlp_dim=3072)
+  m.text = dict(vocab_size=30000, max_len=100, width=384, depth=6, num_heads=6, mlp_dim=1536)
+  m.report = dict(vocab_size=50257, max_positions=1024, width=768, depth=12, num_heads=12,
+                  mlp_dim=3072)
+  m.mask_ratio = 0.5
+  m.norm_pix = False
+  m.init_temperature = 0.03
+  m.ac_lambda = 0.1
+  m.ac_chunk_size = 0          # 0: no chunking of the [B, B, K, K] consistency logits
+  m.share_unmasked_pass = True
+  m.loss_weights = dict(ir=1.0, cl=0.15, lm=1.0, ar=1.0, ac=1.0)
+
+  c.data = d = ml_collections.ConfigDict()
+  d.dataset = "synthetic_cxr"
+  d.data_dir = "data"
+  d.manual_dir = ""
+  d.builder = ml_collections.ConfigDict()   # builder options (sizes, seed, image_size, ...)
+  d.train_split = "train"
+  d.eval_split = "validation"
+  d.image_size = m.get_ref("image_size")
+  d.channels = m.get_ref("channels")
+  d.text_len = 100
+  d.report_len = 100
+  d.prompt_len = 16
+  d.decoder_len = 118          # prompt + newline + report + newline
+  d.anatomy_len = 16
+  d.prompt_prob = 0.5
+  d.flip_prob = 0.0
+  d.affine_degrees = 20.0
+  d.affine_scale = (0.8, 1.2)
+  d.max_skip_fraction = 0.01
+  d.shuffle_seed = 0
+  d.num_workers = 0
+  d.prefetch_buffer = 2
+  d.text_vocab = m.text.get_ref("vocab_size")
+  d.decoder_vocab = m.report.get_ref("vocab_size")
+  d.decoder_tokenizer = ""     # local GPT-2 files (vocab.json+merges.txt or gpt2.tiktoken)
+
+  c.train = t = ml_collections.ConfigDict()
+  t.num_steps = 100_000
+  t.global_batch_size = 256
+  t.grad_accum_steps = 1
+  t.checkpoint_every_steps = 1000
+  t.log_every_steps = 50
+  t.eval_every_steps = 5000
+  t.seed = 0
+
+  c.optim = o = ml_collections.ConfigDict()
+  o.learning_rate = 2.5e-4
+  o.init_learning_rate = 1e-6
+  o.warmup_steps = 4000
+  o.end_learning_rate = 0.0
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.weight_decay = 0.05
+  o.report_decoder_lr_mult = 0.25
+  o.clip_grad_norm = 0.0       # 0: no clipping
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.axes = ("data", "fsdp", "tensor")
+  c.mesh.shape = (-1, 1, 1)    # -1 takes the devices the others leave
+  c.sharding_rules = DEFAULT_SHARDING_RULES
+
+  c.checkpoint = ck = ml_collections.ConfigDict()
+  ck.max_to_keep = 3
+  ck.best_metric = "val_loss"  # keeps the best checkpoint by this validation metric too
+  ck.best_mode = "min"
+  ck.async_save = True
+  ck.partial_restore = False   # allow restoring a checkpoint with missing/extra parameters
+
+  c.eval = e = ml_collections.ConfigDict()
+  e.split = "test"
+  e.checkpoint_step = -1       # -1: latest
+  e.batch_size = 16
+  e.max_examples = 0           # 0: whole split
+  return c
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def validate(config) -> None:
+  """Fail early, naming the fields, when a config cannot work."""
+  from ssacl_jax import anatomy
+  m, d, t = config.model, config.data, config.train
+  problems = []
+  if m.image_size % m.patch:
+    problems.append(f"model.image_size {m.image_size} is not a multiple of model.patch {m.patch}")
+  if d.decoder_len < d.prompt_len + d.report_len + 2:
+    problems.append(f"data.decoder_len {d.decoder_len} < prompt_len + report_len + 2 "
+                    f"= {d.prompt_len + d.report_len + 2}")
+  if d.text_len > m.text.max_len:
+    problems.append(f"data.text_len {d.text_len} > model.text.max_len {m.text.max_len}")
+  if d.anatomy_len > m.text.max_len:
+    problems.append(f"data.anatomy_len {d.anatomy_len} > model.text.max_len {m.text.max_len}")
+  prefix = anatomy.NUM_LEAVES + 1 + (m.image_size // m.patch) ** 2
+  if prefix + d.decoder_len > m.report.max_positions:
+    problems.append(f"prefix ({prefix}) + data.decoder_len ({d.decoder_len}) exceeds "
+                    f"model.report.max_positions {m.report.max_positions}")
+  if set(m.loss_weights.keys()) != {"ir", "cl", "lm", "ar", "ac"}:
+    problems.append(f"model.loss_weights must have keys ir, cl, lm, ar, ac; got {sorted(m.loss_weights.keys())}")
+  if t.grad_accum_steps < 1 or t.global_batch_size % t.grad_accum_steps:
+    problems.append(f"train.global_batch_size {t.global_batch_size} is not a multiple of "
+                    f"train.grad_accum_steps {t.grad_accum_steps}")
+  if not 0 < m.mask_ratio < 1:
+    problems.append(f"model.mask_ratio {m.mask_ratio} must be in (0, 1)")
+  if problems:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

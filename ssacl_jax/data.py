@@ -1,0 +1,118 @@
+"""Everything the trainer and evaluators need from input_pipeline, for one process.
+
+Builds the configured data set when it is not built yet (process 0, then a barrier),
+trains or loads the tokenizers beside it, and turns per-process Grain batches into global
+jax.Arrays on the mesh.
+"""
+from __future__ import annotations
+
+import logging
+
+import jax
+import numpy as np
+
+from input_pipeline import build, features, pipeline, tokenizers as tok_lib
+
+
+def _on_process_zero_then_sync(fn, name: str):
+  if jax.process_index() == 0:
+    result = fn()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+  return fn() if jax.process_index() != 0 else result
+
+
+def builder_options(config) -> dict:
+  return dict(config.data.builder)
+
+
+def load_source(config, split: str):
+  d = config.data
+  build_it = lambda: build.build_dataset(d.dataset, d.data_dir, d.manual_dir or None,
+                                         **builder_options(config))
+  _on_process_zero_then_sync(build_it, f"build {d.dataset}")
+  return build.load_split(d.dataset, d.data_dir, split, **builder_options(config))
+
+
+def load_tokenizers(config, train_source=None) -> tok_lib.TokenizerPair:
+  """(text, decoder) tokenizers; SentencePiece models trained on the training reports once.
+
+  A GPT-2 BPE folder named by config.data.decoder_tokenizer replaces the decoder model.
+  """
+  d = config.data
+  train_source = train_source if train_source is not None else load_source(config, d.train_split)
+
+  def reports():
+    for i in range(len(train_source)):
+      yield features.as_text(train_source[i]["report"])
+
+  text_path, decoder_path = _on_process_zero_then_sync(
+      lambda: tok_lib.ensure_tokenizers(d.data_dir, d.dataset, reports(), d.text_vocab,
+                                        d.decoder_vocab), "tokenizers")
+  text = tok_lib.load_tokenizer(text_path)
+  decoder = tok_lib.load_tokenizer(d.decoder_tokenizer or decoder_path)
+  check_vocab(config, text, decoder)
+  return tok_lib.TokenizerPair(text, decoder)
+
+
+def check_vocab(config, text, decoder) -> None:
+  m = config.model
+  for name, tok, size in (("text", text, m.text.vocab_size), ("report", decoder, m.report.vocab_size)):
+    if tok.vocab_size > size:
+      raise ValueError(f"the {name} tokenizer has {tok.vocab_size} ids but "
+                       f"config.model.{name}.vocab_size is {size}; raise the model's vocab size")
+
+
+class TrainingData:
+  """Training iterator (checkpointable), evaluation batches and anatomy tokens."""
+
+  def __init__(self, config, mesh, batch_sharding):
+    self.config, self.mesh = config, mesh
+    self.batch_spec = batch_sharding.spec
+    self.train_source = load_source(config, config.data.train_split)
+    self.tokenizers = load_tokenizers(config, self.train_source)
+    self.anatomy_tokens = tok_lib.anatomy_tokens(self.tokenizers.text, config.data.anatomy_len)
+    per_update = config.train.global_batch_size
+    ds, self.tracker = pipeline.make_train_dataset(
+        self.train_source, config, self.tokenizers, jax.process_index(), jax.process_count(),
+        seed=config.data.shuffle_seed + config.train.seed, batch_size=per_update // jax.process_count())
+    self.train_iterator = iter(ds)
+
+  def next_train_batch(self) -> dict:
+    local = next(self.train_iterator)
+    local = {k: local[k] for k in pipeline.TRAIN_KEYS}
+    return pipeline.make_global_batch(local, self.mesh, self.batch_spec)
+
+  def skip_stats(self) -> dict:
+    return {"data_records_seen": self.tracker.seen, "data_records_skipped": self.tracker.skipped}
+
+  def eval_batches(self, split: str, batch_size: int, max_examples=None, full_only=True):
+    """Global model batches over `split` (padded rows dropped when full_only)."""
+    source = load_source(self.config, split)
+    if max_examples:
+      source = _Head(source, max_examples)
+    it = pipeline.make_eval_iterator(source, self.config, self.tokenizers, jax.process_index(),
+                                     jax.process_count(), batch_size // jax.process_count())
+    yielded = False
+    for local in it:
+      if full_only and yielded and not np.all(local["valid"]):
+        continue
+      yielded = True
+      yield pipeline.make_global_batch({k: local[k] for k in pipeline.TRAIN_KEYS},
+                                       self.mesh, self.batch_spec)
+
+
+class _Head:
+  """The first n records of a source."""
+
+  def __init__(self, source, n):
+    self.source, self.n = source, min(n, len(source))
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    if i >= self.n:
+      raise IndexError(i)
+    return self.source[i]

@@ -1,0 +1,185 @@
+"""Transformer building blocks with logical axis names on every parameter and activation.
+
+Parameter axes: 'embed', 'mlp', 'heads' (flattened heads * head_dim), 'vocab', 'norm',
+'patch' (flattened patch pixels), 'positions', 'scalar'.
+Activation axes: 'batch', 'length', 'act_embed', 'act_heads', 'act_kv', 'act_mlp',
+'act_vocab'. A config's `sharding_rules` maps both onto mesh axes.
+
+Kernels are 2-D (`nn.Dense`) and reshaped to heads afterwards: 3-D logical names on
+DenseGeneral kernels break under a mesh (flax issue 3676).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+NEG_INF = -1e9  # large finite: rows that mask everything stay finite (uniform), never NaN
+
+
+def constrain(x, names):
+  return nn.with_logical_constraint(x, names)
+
+
+def dense(features, names, *, dtype, param_dtype, use_bias=True, name=None,
+          kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros):
+  """2-D Dense with logical kernel names (in, out) and bias names (out,)."""
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, names),
+      bias_init=nn.with_logical_partitioning(bias_init, (names[1],)))
+
+
+def layer_norm(eps, *, dtype, param_dtype, name=None):
+  return nn.LayerNorm(
+      epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
+
+
+def sincos_2d(dim: int, grid: int) -> np.ndarray:
+  """Fixed 2-D sine-cosine positions [grid*grid, dim] (MAE layout: half x, half y)."""
+  quarter = dim // 4
+  omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
+  ys, xs = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64),
+                       indexing="ij")
+
+  def encode(pos):
+    angles = pos.reshape(-1, 1) * omega[None]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+  return np.concatenate([encode(xs), encode(ys)], axis=1).astype(np.float32)
+
+
+def key_mask_bias(key_valid):
+  """[B, S] bool/int (1 = attend) -> additive bias [B, 1, 1, S]."""
+  return jnp.where(key_valid[:, None, None, :].astype(bool), 0.0, NEG_INF).astype(jnp.float32)
+
+
+def causal_bias(length: int):
+  """[1, 1, L, L] additive causal bias."""
+  allowed = np.tril(np.ones((length, length), bool))
+  return jnp.asarray(np.where(allowed, 0.0, NEG_INF), jnp.float32)[None, None]
+
+
+class MultiHeadAttention(nn.Module):
+  """Attention with separate q/k/v projections, an additive bias and an optional KV cache.
+
+  `cache` is (keys, values) [B, S_max, H, Dh] plus `cache_index` (scalar int32): the new
+  keys/values are written at cache_index and attention runs over the whole cache (the
+  bias must hide unwritten slots). Returns (out, new_cache, weights or None).
+  """
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x, bias=None, *, cache=None, cache_index=None, return_weights=False):
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias)
+
+    def heads(name):
+      y = dense(width, ("embed", "heads"), name=name, **kw)(x)
+      y = y.reshape(*x.shape[:-1], self.num_heads, head_dim)
+      return constrain(y, ("batch", "length", "act_heads", "act_kv"))
+
+    q, k, v = heads("query"), heads("key"), heads("value")
+    new_cache = None
+    if cache is not None:
+      cache_k, cache_v = cache
+      k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), cache_index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), cache_index, axis=1)
+      new_cache = (k, v)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype)) / np.sqrt(head_dim).astype(q.dtype)
+    logits = logits.astype(jnp.float32)
+    if bias is not None:
+      logits = logits + bias
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v.astype(self.dtype))
+    out = constrain(out, ("batch", "length", "act_heads", "act_kv"))
+    out = out.reshape(*x.shape[:-1], width)
+    out = dense(width, ("heads", "embed"), name="out", **kw)(out)
+    return out, new_cache, (weights if return_weights else None)
+
+
+class Mlp(nn.Module):
+  hidden: int
+  activation: str = "gelu"  # 'gelu' exact erf (ViT/BERT) or 'gelu_tanh' (GPT-2)
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = dense(self.hidden, ("embed", "mlp"), name="fc1", **kw)(x)
+    h = constrain(h, ("batch", "length", "act_mlp"))
+    h = nn.gelu(h, approximate=(self.activation == "gelu_tanh"))
+    return dense(x.shape[-1], ("mlp", "embed"), name="fc2", **kw)(h)
+
+
+class Block(nn.Module):
+  """Transformer block; pre-norm (ViT, GPT-2) or post-norm (BERT)."""
+  num_heads: int
+  mlp_dim: int
+  eps: float = 1e-6
+  pre_norm: bool = True
+  activation: str = "gelu"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, bias=None, *, cache=None, cache_index=None, return_weights=False):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    attn = MultiHeadAttention(self.num_heads, name="attn", **kw)
+    mlp = Mlp(self.mlp_dim, self.activation, name="mlp", **kw)
+    norm1 = layer_norm(self.eps, name="norm1", **kw)
+    norm2 = layer_norm(self.eps, name="norm2", **kw)
+    attn_kw = dict(cache=cache, cache_index=cache_index, return_weights=return_weights)
+    if self.pre_norm:
+      y, new_cache, weights = attn(norm1(x), bias, **attn_kw)
+      x = x + y
+      x = x + mlp(norm2(x))
+    else:
+      y, new_cache, weights = attn(x, bias, **attn_kw)
+      x = norm1(x + y)
+      x = norm2(x + mlp(x))
+    x = constrain(x, ("batch", "length", "act_embed"))
+    return x, new_cache, weights
+
+
+class BlockStack(nn.Module):
+  """`depth` blocks applied in order; the last block's attention weights on request."""
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  eps: float = 1e-6
+  pre_norm: bool = True
+  activation: str = "gelu"
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, bias=None, *, caches=None, cache_index=None, return_weights=False):
+    # Rematerialisation applies to plain training calls only (no cache, no weights out).
+    use_remat = self.remat and caches is None and not return_weights
+    block_cls = nn.remat(Block) if use_remat else Block
+    new_caches, weights = [], None
+    for i in range(self.depth):
+      block = block_cls(self.num_heads, self.mlp_dim, self.eps, self.pre_norm, self.activation,
+                        dtype=self.dtype, param_dtype=self.param_dtype, name=f"block{i}")
+      if use_remat:
+        x, cache, w = block(x, bias)
+      else:
+        last = i == self.depth - 1
+        x, cache, w = block(x, bias, cache=None if caches is None else caches[i],
+                            cache_index=cache_index, return_weights=return_weights and last)
+      new_caches.append(cache)
+      weights = w if w is not None else weights
+    return x, (new_caches if caches is not None else None), weights

@@ -1,0 +1,56 @@
+"""Entry point: `python -m ssacl_jax.main --config configs/<name>.py --workdir DIR [--mode M]`.
+
+Modes: train (default: train, resuming from WORKDIR), eval (restore and evaluate).
+Config fields are overridden with `--config.a.b=value`; variants with `configs/x.py:a=1`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variants]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_hosts() -> None:
+  """jax.distributed.initialize() when this is one of several processes (pod or cluster)."""
+  import jax
+  multi = any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS",
+                                        "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
+  if multi and os.environ.get("SSACL_SINGLE_PROCESS") != "1":
+    jax.distributed.initialize()
+  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def main(argv):
+  del argv
+  from ssacl_jax import config_lib, train
+  logging.getLogger().setLevel(logging.INFO)
+  initialize_hosts()
+  config = _CONFIG.value
+  config_lib.validate(config)
+  if _MODE.value == "train":
+    train.train_and_evaluate(config, _WORKDIR.value)
+  else:
+    from ssacl_jax import evaluate
+    evaluate.evaluate(config, _WORKDIR.value)
+
+
+def run():
+  try:
+    app.run(main)
+  except KeyError as e:  # unknown --config.x key from config_flags
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,61 @@
+"""The optimizer of SPEC 6 with optax: AdamW (0.9, 0.95), decay masked off biases, norms,
+positions and scales; warm-up then half-cycle cosine; the report decoder at a fraction
+of the learning rate; optional global-norm clipping.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# Parameter names that never decay besides 1-D/0-D ones (position tables).
+NO_DECAY_NAMES = ("pos_embed", "wpe", "type_embed")
+REPORT_DECODER = "report_decoder"
+
+
+def _names(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def decay_mask(params):
+  """True where weight decay applies: matrices, except position tables."""
+  def decays(path, leaf):
+    return leaf.ndim >= 2 and not any(n in NO_DECAY_NAMES for n in _names(path))
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def lr_multipliers(params, report_decoder_mult: float):
+  def mult(path, _):
+    return report_decoder_mult if REPORT_DECODER in _names(path) else 1.0
+  return jax.tree_util.tree_map_with_path(mult, params)
+
+
+def learning_rate_schedule(config):
+  o, t = config.optim, config.train
+  warmup = min(o.warmup_steps, max(t.num_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=o.init_learning_rate, peak_value=o.learning_rate, warmup_steps=warmup,
+      decay_steps=max(t.num_steps, warmup + 1), end_value=o.end_learning_rate)
+
+
+def scale_by_tree(multipliers) -> optax.GradientTransformation:
+  """Multiply each update by a fixed per-parameter factor."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, multipliers), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def make_optimizer(config, params) -> optax.GradientTransformation:
+  """params: the (unboxed, possibly abstract) parameter tree, for masks and multipliers."""
+  o = config.optim
+  parts = []
+  if o.clip_grad_norm > 0:
+    parts.append(optax.clip_by_global_norm(o.clip_grad_norm))
+  parts += [
+      optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=1e-8),
+      optax.add_decayed_weights(o.weight_decay, mask=decay_mask(params)),
+      optax.scale_by_learning_rate(learning_rate_schedule(config)),
+      scale_by_tree(lr_multipliers(params, o.report_decoder_lr_mult)),
+  ]
+  return optax.chain(*parts)

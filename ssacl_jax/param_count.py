@@ -1,0 +1,53 @@
+"""Print a config's parameter counts per component (no weights are materialised).
+
+  python -m ssacl_jax.param_count --config configs/ssacl_vitb16.py
+"""
+from __future__ import annotations
+
+import json
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from ssacl_jax.models import ssacl
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+
+COMPONENTS = ("image_encoder", "image_decoder", "text_encoder", "report_decoder")
+
+
+def abstract_params(config):
+  model = ssacl.build_model(config.model)
+  batch = ssacl.dummy_batch(config, 1)
+  ids, mask = ssacl.dummy_anatomy_tokens(config)
+  boxed = jax.eval_shape(lambda r: model.init({"params": r, "mask": r}, batch, ids, mask),
+                         jax.random.key(0))["params"]
+  return nn.meta.unbox(boxed)
+
+
+def count_by_component(config) -> dict[str, int]:
+  params = abstract_params(config)
+  size = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+  counts = {c: size(params[c]) for c in COMPONENTS}
+  counts["projections_and_scales"] = size({k: v for k, v in params.items() if k not in COMPONENTS})
+  counts["total"] = size(params)
+  return counts
+
+
+def main(argv):
+  del argv
+  counts = count_by_component(_CONFIG.value)
+  if _JSON.value:
+    print(json.dumps(counts))
+    return
+  for name, n in counts.items():
+    print(f"{name:24s} {n:>13,d}  ({n / 1e6:.1f}M)")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

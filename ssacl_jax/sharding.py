@@ -1,0 +1,95 @@
+"""Mesh construction and logical-name sharding, all driven by the config.
+
+config.mesh.axes / config.mesh.shape give the mesh (-1 takes the devices left);
+config.sharding_rules maps the logical names of ssacl_jax.layers onto mesh axes.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+  """Fill the one -1 entry so the product is num_devices; check the result divides."""
+  shape = list(shape)
+  if shape.count(-1) > 1:
+    raise ValueError(f"config.mesh.shape {tuple(shape)} has more than one -1")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"config.mesh.shape {tuple(shape)} cannot fill {num_devices} devices: "
+                       f"{num_devices} is not a multiple of {known}")
+    shape[shape.index(-1)] = num_devices // known
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"config.mesh.shape {tuple(shape)} needs {math.prod(shape)} devices, "
+                     f"{num_devices} are available")
+  return tuple(shape)
+
+
+def make_mesh(config, devices=None) -> Mesh:
+  """The device mesh of config.mesh, with Auto axes (linen logical constraints need them)."""
+  devices = jax.devices() if devices is None else devices
+  axes = tuple(config.mesh.axes)
+  shape = resolve_mesh_shape(config.mesh.shape, len(devices))
+  if len(shape) != len(axes):
+    raise ValueError(f"config.mesh.shape {shape} and config.mesh.axes {axes} differ in length")
+  auto = (jax.sharding.AxisType.Auto,) * len(axes)
+  if devices is jax.devices() or list(devices) == list(jax.devices()):
+    return jax.make_mesh(shape, axes, axis_types=auto)
+  return Mesh(np.asarray(devices).reshape(shape), axes, axis_types=auto)
+
+
+def rules(config) -> tuple[tuple[str, object], ...]:
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+               for name, axes in config.sharding_rules)
+
+
+def batch_spec(config) -> P:
+  """PartitionSpec of a batch's leading axis ('batch' logical axis)."""
+  return nn.logical_to_mesh_axes(("batch",), rules(config))
+
+
+def logical_shardings(boxed_tree, mesh: Mesh, config):
+  """Shardings for a tree of flax LogicallyPartitioned boxes (from eval_shape of init)."""
+  specs = nn.get_partition_spec(boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules(config))
+
+
+def _path_key(path) -> tuple:
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def match_shardings_by_path(tree, reference: dict, shapes: dict, mesh: Mesh):
+  """Sharding per leaf of `tree`: a reference param's sharding when a suffix of the leaf's
+  path names that param and the shapes agree (optimizer moments), else replicated.
+  """
+  replicated = NamedSharding(mesh, P())
+
+  def pick(path, leaf):
+    key = _path_key(path)
+    for start in range(len(key)):
+      suffix = key[start:]
+      if suffix in reference and shapes[suffix] == getattr(leaf, "shape", None):
+        return reference[suffix]
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def flatten_by_path(tree) -> dict:
+  return {_path_key(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def per_device_bytes(tree) -> int:
+  """Bytes one device holds for a tree of sharded arrays or ShapeDtypeStructs."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    sharding = getattr(leaf, "sharding", None)
+    shape = leaf.shape if sharding is None else sharding.shard_shape(leaf.shape)
+    total += int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
+  return total

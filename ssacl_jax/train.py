@@ -1,0 +1,270 @@
+"""Training: mesh, data, model, sharded state, update step, checkpoints, loop.
+
+`train_and_evaluate(config, workdir)` is what `python -m ssacl_jax.main` runs; tests call
+it directly. Sections read top to bottom like the step they set up.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ssacl_jax import checkpointing, data as data_lib, optim, sharding
+from ssacl_jax.metric_writers import MetricWriter
+from ssacl_jax.models import ssacl
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+# ----------------------------------------------------------------------------- state
+@dataclasses.dataclass
+class StateSetup:
+  """How the train state is laid out: its abstract tree and shardings, and the optimizer."""
+  model: ssacl.SSACL
+  tx: optax.GradientTransformation
+  abstract_state: dict        # ShapeDtypeStructs with shardings
+  shardings: dict
+  init_fn: Callable           # rng -> state, jitted straight into `shardings`
+
+
+def setup_state(config, model, mesh, anatomy_tokens) -> StateSetup:
+  """Build the state abstractly (eval_shape), derive shardings, jit the initialiser."""
+  batch = ssacl.dummy_batch(config, 1)
+  ids, mask = anatomy_tokens
+
+  def init_params(rng):
+    variables = model.init({"params": rng, "mask": rng}, batch, ids, mask)
+    return variables["params"]
+
+  boxed = jax.eval_shape(init_params, jax.random.key(0))
+  param_shardings = sharding.logical_shardings(boxed, mesh, config)
+  abstract_params = nn.meta.unbox(boxed)
+  tx = optim.make_optimizer(config, abstract_params)
+
+  def init_state(rng):
+    params = nn.meta.unbox(init_params(rng))
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  abstract = jax.eval_shape(init_state, jax.random.key(0))
+  flat_params = sharding.flatten_by_path({"params": param_shardings})
+  shapes = {k: v.shape for k, v in sharding.flatten_by_path({"params": abstract_params}).items()}
+  # Optimizer moments follow their parameter's sharding (matched by path suffix).
+  flat_params_nokey = {k[1:]: v for k, v in flat_params.items()}
+  shapes_nokey = {k[1:]: v for k, v in shapes.items()}
+  shardings = {
+      "step": NamedSharding(mesh, P()),
+      "params": param_shardings,
+      "opt_state": sharding.match_shardings_by_path(abstract["opt_state"], flat_params_nokey,
+                                                    shapes_nokey, mesh),
+  }
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  init_fn = jax.jit(init_state, out_shardings=shardings)
+  return StateSetup(model, tx, abstract, shardings, init_fn)
+
+
+# ----------------------------------------------------------------------------- step
+def _microbatches(batch, steps: int):
+  """[B, ...] -> [steps, B / steps, ...], each microbatch spread over all devices."""
+  def split(x):
+    x = x.reshape(x.shape[0] // steps, steps, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(config, setup: StateSetup):
+  model, tx = setup.model, setup.tx
+  schedule = optim.learning_rate_schedule(config)
+  accum = config.train.grad_accum_steps
+  rules = sharding.rules(config)
+
+  def loss_fn(params, batch, ids, mask, rng):
+    with nn.logical_axis_rules(rules):
+      return model.apply({"params": params}, batch, ids, mask, rngs={"mask": rng})
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state, batch, ids, mask, base_key):
+    rng = jax.random.fold_in(base_key, state["step"])
+    params = state["params"]
+    if accum == 1:
+      (_, metrics), grads = grad_fn(params, batch, ids, mask, rng)
+    else:
+      def micro(carry, xs):
+        i, micro_batch = xs
+        (_, m), g = grad_fn(params, micro_batch, ids, mask, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (g, m)), None
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          lambda: grad_fn(params, jax.tree.map(lambda x: x[0], _microbatches(batch, accum)),
+                          ids, mask, rng)))
+      zeros = (zeros[1], zeros[0][1])
+      (grads, metrics), _ = jax.lax.scan(micro, zeros, (jnp.arange(accum),
+                                                        _microbatches(batch, accum)))
+      grads, metrics = jax.tree.map(lambda x: x / accum, (grads, metrics))
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
+           "opt_state": opt_state}
+    finite = jnp.isfinite(grad_norm) & jnp.all(jnp.stack(
+        [jnp.isfinite(metrics[f"loss_{k}"]) for k in ssacl.LOSS_NAMES]))
+    # A non-finite step leaves the state as it was; the host stops the run.
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics = dict(metrics, grad_norm=grad_norm, learning_rate=schedule(state["step"]),
+                   finite=finite)
+    return new, metrics
+
+  return train_step
+
+
+def make_eval_step(config, setup: StateSetup):
+  model, rules = setup.model, sharding.rules(config)
+
+  def eval_step(params, batch, ids, mask, key):
+    with nn.logical_axis_rules(rules):
+      _, metrics = model.apply({"params": params}, batch, ids, mask, rngs={"mask": key})
+    return metrics
+
+  return eval_step
+
+
+def check_finite(step: int, metrics) -> None:
+  if bool(metrics["finite"]):
+    return
+  bad = [k for k in ssacl.LOSS_NAMES if not np.isfinite(float(metrics[f"loss_{k}"]))]
+  if not np.isfinite(float(metrics["grad_norm"])):
+    bad.append("gradient norm")
+  raise NonFiniteLossError(
+      f"non-finite {', '.join(bad) or 'value'} at step {step} (loss terms: "
+      + ", ".join(f"{k}={float(metrics[f'loss_{k}'])}" for k in ssacl.LOSS_NAMES)
+      + "). The state was not updated and nothing was saved after the last good checkpoint; "
+      "lower the learning rate or enable clipping (--config.optim.clip_grad_norm=1.0).")
+
+
+# ----------------------------------------------------------------------------- preemption
+class PreemptionFlag:
+  """Set by SIGTERM; the loop saves at the next step boundary and exits cleanly."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: preemption handling stays off
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint at the next step boundary")
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def should_stop(self) -> bool:
+    if jax.process_count() == 1:
+      return self.raised
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.raised))))
+
+
+# ----------------------------------------------------------------------------- loop
+def evaluate_loss(config, eval_step, state, data, mesh, batch_sharding) -> dict:
+  """Mean validation losses (fixed masking key) over the validation split."""
+  key = jax.random.key(config.train.seed + 1)
+  totals, count = {}, 0
+  for batch in data.eval_batches(config.data.eval_split, config.train.global_batch_size,
+                                 max_examples=config.eval.max_examples or None):
+    metrics = eval_step(state["params"], batch, *data.anatomy_tokens, key)
+    for k, v in metrics.items():
+      if k.startswith("loss"):
+        totals[k] = totals.get(k, 0.0) + float(v)
+    count += 1
+  return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Train SS-ACL per config; resume from WORKDIR/checkpoints when present.
+
+  Returns the last logged metrics.
+  """
+  # Mesh.
+  mesh = sharding.make_mesh(config)
+  jax.set_mesh(mesh)
+  batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
+  t = config.train
+  if t.global_batch_size % (mesh.size // mesh.shape.get("tensor", 1)) and t.global_batch_size % jax.process_count():
+    raise ValueError(f"train.global_batch_size {t.global_batch_size} must divide over "
+                     f"{jax.process_count()} processes")
+
+  # Input.
+  data = data_lib.TrainingData(config, mesh, batch_sharding)
+
+  # Model and sharded state.
+  model = ssacl.build_model(config.model)
+  setup = setup_state(config, model, mesh, data.anatomy_tokens)
+  ckpt = checkpointing.Checkpointer(workdir, config)
+  state = setup.init_fn(jax.random.key(t.seed))
+  start = ckpt.latest_step()
+  if start is not None:
+    logging.info("resuming from %s/%d", ckpt.directory, start)
+    state = ckpt.restore(start, setup.abstract_state, data.train_iterator)
+  start = int(state["step"])
+
+  # Update step.
+  replicated = NamedSharding(mesh, P())
+  train_step = jax.jit(
+      make_train_step(config, setup),
+      in_shardings=(setup.shardings, batch_sharding, replicated, replicated, replicated),
+      out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(config, setup),
+                      in_shardings=(setup.shardings["params"], batch_sharding, replicated,
+                                    replicated, replicated),
+                      out_shardings=replicated)
+  base_key = jax.random.key(t.seed)
+
+  # Loop.
+  writer = MetricWriter(workdir, total_steps=t.num_steps)
+  last = {}
+  with PreemptionFlag() as preempted:
+    step = start
+    while step < t.num_steps:
+      batch = data.next_train_batch()
+      state, metrics = train_step(state, batch, *data.anatomy_tokens, base_key)
+      step += 1
+      check_finite(step, metrics)
+      save_metrics = None
+      if step % t.log_every_steps == 0 or step == t.num_steps:
+        last = jax.device_get(metrics)
+        last.pop("finite")
+        last.update(data.skip_stats())
+        writer.write(step, last)
+        writer.progress(step, last, t.global_batch_size)
+      if t.eval_every_steps and (step % t.eval_every_steps == 0 or step == t.num_steps):
+        val = evaluate_loss(config, eval_step, state, data, mesh, batch_sharding)
+        writer.write(step, val)
+        last.update(val)
+        save_metrics = {config.checkpoint.best_metric: val.get(config.checkpoint.best_metric, 0.0)} \
+            if config.checkpoint.best_metric in val else None
+      stop = preempted.should_stop()
+      if step % t.checkpoint_every_steps == 0 or step == t.num_steps or stop or save_metrics:
+        ckpt.save(step, state, data.train_iterator, metrics=save_metrics, force=stop)
+      if stop:
+        logging.warning("stopping after step %d on SIGTERM (checkpoint saved)", step)
+        break
+  ckpt.close()
+  writer.close()
+  return last

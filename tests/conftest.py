@@ -1,0 +1,25 @@
+"""Every test sees 8 fake CPU devices and parsed absl flags (Grain needs them)."""
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from absl import flags  # noqa: E402
+
+flags.FLAGS(sys.argv[:1], known_only=True)
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+  """../shared/data beside the clone; tests that need it skip (and say why) without it."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"{SHARED_DATA} is absent: these tests read the project's shared real data")
+  return SHARED_DATA

@@ -1,0 +1,162 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from configs import ssacl_vitb16
+from ssacl_jax import anatomy, param_count, sharding
+from ssacl_jax.models import ssacl
+from tiny_config import tiny_config
+
+
+def random_batch(config, batch_size, seed=0):
+  rng = np.random.default_rng(seed)
+  b = ssacl.dummy_batch(config, batch_size)
+  v_text, v_dec = config.model.text.vocab_size, config.model.report.vocab_size
+  b["image"] = rng.normal(size=b["image"].shape).astype(np.float32)
+  b["text_ids"] = rng.integers(3, v_text, size=b["text_ids"].shape).astype(np.int32)
+  b["text_mask"][:, config.data.text_len // 2:] = 0
+  b["dec_ids"] = rng.integers(3, v_dec, size=b["dec_ids"].shape).astype(np.int32)
+  b["dec_mask"][:, -5:] = 0
+  b["dec_loss_mask"] = b["dec_mask"].astype(np.float32)
+  b["dec_loss_mask"][:, :3] = 0
+  b["leaf_mask"] = rng.integers(0, 2, size=b["leaf_mask"].shape).astype(np.int32)
+  ids, mask = ssacl.dummy_anatomy_tokens(config)
+  ids = rng.integers(3, v_text, size=ids.shape).astype(np.int32)
+  return b, (ids, mask)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = tiny_config()
+  model = ssacl.build_model(config.model)
+  batch, tokens = random_batch(config, 4)
+  variables = model.init({"params": jax.random.key(0), "mask": jax.random.key(1)}, batch, *tokens)
+  return config, model, nn.meta.unbox(variables), batch, tokens
+
+
+def test_forward_returns_five_losses_and_weighted_total(tiny):
+  config, model, variables, batch, tokens = tiny
+  total, metrics = model.apply(variables, batch, *tokens, rngs={"mask": jax.random.key(2)})
+  w = config.model.loss_weights
+  expected = sum(w[k] * metrics[f"loss_{k}"] for k in ssacl.LOSS_NAMES)
+  np.testing.assert_allclose(total, expected, rtol=1e-6)
+  assert w["cl"] == 0.15 and all(w[k] == 1.0 for k in ("ir", "lm", "ar", "ac"))
+  for k in ssacl.LOSS_NAMES:
+    assert np.isfinite(metrics[f"loss_{k}"]) and metrics[f"loss_{k}"] > 0
+  assert float(metrics["logit_scale"]) == pytest.approx(1 / 0.03)
+
+
+def test_shared_unmasked_pass_gives_the_release_losses(tiny):
+  config, _, variables, batch, tokens = tiny
+  separate = config.model.copy_and_resolve_references()
+  separate.share_unmasked_pass = False
+  rngs = {"mask": jax.random.key(3)}
+  _, shared_m = ssacl.build_model(config.model).apply(variables, batch, *tokens, rngs=rngs)
+  _, separate_m = ssacl.build_model(separate).apply(variables, batch, *tokens, rngs=rngs)
+  for k in ssacl.LOSS_NAMES:
+    np.testing.assert_allclose(shared_m[f"loss_{k}"], separate_m[f"loss_{k}"], rtol=2e-5,
+                               err_msg=k)
+
+
+def test_queries_do_not_see_each_other_and_patches_do_not_see_queries(tiny):
+  config, model, variables, batch, tokens = tiny
+  images = jnp.asarray(batch["image"])
+  q = jax.random.normal(jax.random.key(4), (6, config.model.encoder.width))
+
+  def encode(queries):
+    return model.apply(variables, images, queries,
+                       method=lambda m, x, qq: m.encode_with_queries(x, qq))["tokens"]
+
+  full, sub = encode(q), encode(q[:2])
+  np.testing.assert_allclose(full[:, 6:], sub[:, 2:], atol=1e-5)   # CLS and patches
+  np.testing.assert_allclose(full[:, :2], sub[:, :2], atol=1e-5)   # each query alone
+  moved = encode(q.at[5].set(0.0))
+  np.testing.assert_allclose(full[:, :5], moved[:, :5], atol=1e-5)
+  assert not np.allclose(full[:, 5], moved[:, 5], atol=1e-3)
+
+
+def test_masking_keeps_half_the_patches_and_restores_order(tiny):
+  config, model, variables, batch, _ = tiny
+  out = model.apply(variables, jnp.asarray(batch["image"]),
+                    method=lambda m, x: m.image_encoder(x, mask_ratio=0.5, rng=jax.random.key(5)))
+  n = (config.model.image_size // config.model.patch) ** 2
+  assert out["tokens"].shape[1] == 1 + n // 2
+  np.testing.assert_array_equal(out["mask"].sum(1), n - n // 2)
+  assert sorted(np.asarray(out["ids_restore"][0]).tolist()) == list(range(n))
+
+
+def test_decoder_padding_and_future_tokens_do_not_change_earlier_logits(tiny):
+  config, model, variables, batch, tokens = tiny
+  images = jnp.asarray(batch["image"])
+
+  def logits(dec_ids, dec_mask):
+    def f(m):
+      prefix, valid = m.generation_prefix(images, *tokens, jnp.asarray(batch["leaf_mask"]))
+      return m.report_logits(prefix, valid, dec_ids, dec_mask)
+    return model.apply(variables, method=f)
+
+  ids, mask = jnp.asarray(batch["dec_ids"]), jnp.asarray(batch["dec_mask"])
+  base = logits(ids, mask)
+  changed = logits(ids.at[:, 10:].set(7), mask)
+  np.testing.assert_allclose(base[:, :11], changed[:, :11], atol=1e-5)
+  assert not np.allclose(base[:, 12:], changed[:, 12:], atol=1e-4)
+
+
+def test_bf16_compute_with_fp32_parameters(tiny):
+  config, _, variables, batch, tokens = tiny
+  c = config.model.copy_and_resolve_references()
+  c.dtype = "bfloat16"
+  model = ssacl.build_model(c)
+  rngs = {"mask": jax.random.key(6)}
+  v = nn.meta.unbox(model.init({"params": jax.random.key(0), **rngs}, batch, *tokens))
+  assert {x.dtype for x in jax.tree.leaves(v)} == {jnp.dtype("float32")}
+  total, metrics = model.apply(variables, batch, *tokens, rngs=rngs)
+  total32, _ = ssacl.build_model(config.model).apply(variables, batch, *tokens, rngs=rngs)
+  assert total.dtype == jnp.float32
+  np.testing.assert_allclose(total, total32, rtol=0.05)
+
+
+def test_jitted_forward_backward_on_8_device_mesh_with_fsdp_params(tiny):
+  config, model, variables, batch, tokens = tiny
+  config = config.copy_and_resolve_references()
+  config.mesh.shape = (2, 4, 1)
+  mesh = sharding.make_mesh(config)
+  assert mesh.devices.size == 8
+  boxed = jax.eval_shape(lambda r: model.init({"params": r, "mask": r}, batch, *tokens),
+                         jax.random.key(0))["params"]
+  shardings = sharding.logical_shardings(boxed, mesh, config)
+  spec = shardings["image_encoder"]["patch_embed"]["kernel"].spec
+  assert spec == P(None, "fsdp")
+  params = jax.device_put(variables["params"], shardings)
+  batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
+  rules = sharding.rules(config)
+  big, _ = random_batch(config, 8, seed=1)
+
+  def loss(p, b):
+    with nn.logical_axis_rules(rules):
+      return model.apply({"params": p}, b, *tokens, rngs={"mask": jax.random.key(7)})[0]
+
+  step = jax.jit(jax.value_and_grad(loss), in_shardings=(shardings, batch_sharding),
+                 out_shardings=(NamedSharding(mesh, P()), shardings))
+  with jax.set_mesh(mesh):
+    value, grads = step(params, jax.device_put(big, batch_sharding))
+  ref_value, ref_grads = jax.jit(jax.value_and_grad(loss))(variables["params"], big)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-4)
+  assert grads["image_encoder"]["patch_embed"]["kernel"].sharding.spec == P(None, "fsdp")
+  np.testing.assert_allclose(grads["report_decoder"]["wte"]["embedding"],
+                             ref_grads["report_decoder"]["wte"]["embedding"], atol=1e-5)
+
+
+def test_paper_config_parameter_counts_match_the_release():
+  counts = param_count.count_by_component(ssacl_vitb16.get_config())
+  pos_table = 197 * 768  # the release stores its fixed position tables as parameters
+  release = {"image_encoder": 85.8e6 - pos_table, "image_decoder": 29.7e6 - pos_table,
+             "text_encoder": 34.1e6 - (384 * 384 + 384 + 2 * 384 + 384 * 30000 + 30000),
+             "report_decoder": 124.4e6,
+             # img->text, text->query, ->decoder, keep-mask scale, two logit scales
+             "projections_and_scales": 295_296 + 295_680 + 590_592 + 197 + 2}
+  for name, want in release.items():
+    assert counts[name] == pytest.approx(want, rel=0.01), name
