@@ -60,13 +60,17 @@ def load_split(name: str, data_dir: str, split: str, **options):
   """Random-access data source (len, [i] -> dict of numpy) over a built split."""
   builder = make_builder(name, data_dir, **options)
   if not builder.is_prepared():
-    opts = " ".join(f"{CONFIG_PREFIX}{k}={v}" for k, v in sorted(options.items()))
+    opts = " ".join(f"{CONFIG_PREFIX}{k}={_flag_value(v)}" for k, v in sorted(options.items()))
     raise FileNotFoundError(
         f"{name} (config {builder.builder_config.name}) is not built in {data_dir}; run: "
         f"python -m input_pipeline.build --dataset {name} --data_dir {data_dir} {opts}")
   if split not in builder.info.splits:
     raise KeyError(f"{name} has no split {split!r}; it has {', '.join(builder.info.splits)}")
   return builder.as_data_source(split=split)
+
+
+def _flag_value(value) -> str:
+  return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def _split_order(split: str) -> tuple[int, str]:

@@ -127,16 +127,21 @@ def _tokenizer_pair(tokenizers):
 class SkipTracker:
   """Counts records seen and dropped; raises once too many were dropped.
 
-  One per dataset (per worker process when Grain uses workers: each enforces the
-  fraction over the records it saw). Thread-safe.
+  Each bad record is named in one warning (the first time it is met, for up to
+  `max_named` distinct records; later epochs only count it). One tracker per dataset,
+  and per worker process when Grain uses workers (each enforces the fraction over the
+  records it read, and the main process's copy then stays at zero). Thread-safe.
   """
 
-  def __init__(self, max_fraction: float, min_records: int, name: str = "data"):
+  def __init__(self, max_fraction: float, min_records: int, name: str = "data",
+               max_named: int = 1000):
     self.max_fraction = float(max_fraction)
     self.min_records = int(min_records)
     self.name = name
+    self.max_named = int(max_named)
     self.seen = 0
     self.skipped = 0
+    self._named: set[int] = set()
     self._lock = threading.Lock()
 
   def __getstate__(self):
@@ -161,8 +166,14 @@ class SkipTracker:
     with self._lock:
       self.seen += 1
       self.skipped += 1
-      log.warning("%s: skipping bad record %d (study_id %r): %s [%d of %d records skipped]",
-                  self.name, index, study_id, error, self.skipped, self.seen)
+      if index not in self._named and len(self._named) < self.max_named:
+        self._named.add(index)
+        log.warning("%s: skipping bad record %d (study_id %r): %s [%d of %d records "
+                    "skipped so far]", self.name, index, study_id, error, self.skipped,
+                    self.seen)
+        if len(self._named) == self.max_named:
+          log.warning("%s: %d bad records named; further ones are counted, not named",
+                      self.name, self.max_named)
       self._check()
 
   def _check(self) -> None:

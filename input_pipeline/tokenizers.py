@@ -360,12 +360,13 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
 
 def encode_text(tok: Tokenizer, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """Text-encoder input: BOS ([CLS]) + ids, truncated and 0-padded to `max_len`.
+  """Text-encoder input: BOS ([CLS]) + ids, truncated and 0-padded to `max_len`
+  (the mask, not the pad id, marks padding).
 
   Returns (ids int32 [max_len], mask int32 [max_len]).
   """
-  ids = [tok.bos_id] + tok.encode(text)[:max_len - 1]
-  out = np.full(max_len, tok.pad_id, np.int32)
+  ids = [tok.bos_id] + list(tok.encode(text))[:max_len - 1]
+  out = np.zeros(max_len, np.int32)  # 0-padded whatever the tokenizer's pad id
   out[:len(ids)] = ids
   mask = np.zeros(max_len, np.int32)
   mask[:len(ids)] = 1

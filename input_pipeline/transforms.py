@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from input_pipeline import tokenizers
 from ssacl_jax import anatomy
 
 MEAN, STD = 0.4978, 0.2449
@@ -317,12 +318,8 @@ def contrastive_text(report: str, rng: np.random.Generator | None) -> str:
 
 def text_sequence(text: str, tok, text_len: int) -> dict:
   """Text-encoder input: BOS first, truncated and 0-padded to text_len (int32)."""
-  ids = [tok.bos_id] + list(tok.encode(text))[:text_len - 1]
-  out = np.zeros(text_len, np.int32)
-  out[:len(ids)] = ids
-  mask = np.zeros(text_len, np.int32)
-  mask[:len(ids)] = 1
-  return {"text_ids": out, "text_mask": mask}
+  ids, mask = tokenizers.encode_text(tok, text, text_len)
+  return {"text_ids": ids, "text_mask": mask}
 
 
 def decoder_sequence(report: str, prompt: str, use_prompt: bool, tok, decoder_len: int,

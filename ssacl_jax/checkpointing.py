@@ -94,7 +94,7 @@ class Checkpointer:
     return self.manager.all_steps()
 
   def save(self, step: int, state, data_iterator=None, metrics=None, meta=None, force=False):
-    items = dict(state=ocp.args.StandardSave(state),
+    items = dict(state=ocp.args.PyTreeSave(state),
                  meta=ocp.args.JsonSave(dict(step=int(step), anatomy_nodes=list(anatomy.NODES),
                                              graph_version=anatomy.GRAPH_VERSION, **(meta or {}))))
     if data_iterator is not None:
@@ -113,56 +113,65 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def checkpoint_tree(self, step: int):
-    """The stored state's tree of shapes (metadata only, nothing loaded)."""
-    meta = self.manager.item_metadata(step)
-    state_meta = meta["state"] if "state" in meta else meta.state
-    return state_meta
+    """The stored state's tree of array metadata (shapes, dtypes; nothing loaded)."""
+    path = self.directory / str(step) / "state"
+    if not path.is_dir():
+      raise FileNotFoundError(f"{path} is missing: not an ssacl_jax checkpoint step directory")
+    return ocp.StandardCheckpointer().metadata(path).item_metadata
 
   def restore(self, step: int, abstract_state, data_iterator=None, *, params_only=False):
-    """Restore `step` into the shardings of `abstract_state` (a tree of ShapeDtypeStructs).
+    """Restore `step` into the shardings of `abstract_state` (ShapeDtypeStructs with shardings).
 
-    Returns the restored state (a full state, or only its params with params_only).
-    data_iterator, when given, has its state set from the checkpoint in place.
+    Returns the restored state; with params_only, {"params": ...} only. When the stored
+    parameters differ from the model and partial restore is allowed, only the matching
+    parameters come back ({"params": subset}, flagged by `partial=True` in the log) and
+    the caller keeps its fresh values for the rest, optimizer state included.
+    data_iterator, when given and the restore is complete, continues from the checkpoint.
     """
-    target = abstract_state
     stored = self.checkpoint_tree(step)
-    if params_only:
-      target = {"params": abstract_state["params"]}
-      stored = {"params": _get(stored, "params")}
-    diff = diff_trees(target, stored)
+    target = {"params": abstract_state["params"]} if params_only else abstract_state
+    diff = diff_trees({"params": abstract_state["params"]}, {"params": _get(stored, "params")})
     if not diff.empty():
       if not self.partial_restore:
         raise CheckpointMismatchError(
-            f"checkpoint {self.directory / str(step)} does not match the model:\n{diff.describe()}\n"
-            "Fix the config so the model matches, or pass --config.checkpoint.partial_restore=True "
-            "to restore only the parameters that match (the rest keep their initialisation).")
+            f"checkpoint {self.directory / str(step)} does not match the model:\n"
+            f"{diff.describe()}\nFix the config so the model matches, or pass "
+            "--config.checkpoint.partial_restore=True to restore only the parameters that "
+            "match (the rest keep their initialisation).")
       logging.warning("partial restore from step %d:\n%s", step, diff.describe())
-    restored = self._restore_matching(step, target, stored, diff, data_iterator, params_only)
-    return restored
-
-  def _restore_matching(self, step, target, stored, diff, data_iterator, params_only):
-    if diff.empty() and not params_only:
-      items = dict(state=ocp.args.StandardRestore(target))
-      if data_iterator is not None:
-        items["data"] = _data_restore(data_iterator)
-      return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
-    skip = set(diff.missing) | {m.split(":")[0] for m in diff.mis_shaped}
-    flat_target = {"/".join(k): v for k, v in sharding.flatten_by_path(target).items()}
-    wanted = {k: v for k, v in flat_target.items() if k not in skip}
-    # Restore the matching leaves only: a target with placeholders elsewhere.
-    def pick(path, leaf):
-      key = "/".join(sharding._path_key(path))
-      return wanted.get(key, ocp.PLACEHOLDER)
-    stored_target = jax.tree_util.tree_map_with_path(pick, stored)
+      skip = set(diff.missing) | {m.split(":")[0] for m in diff.mis_shaped}
+      target = {"params": _prune(abstract_state["params"], skip, prefix="params")}
+      data_iterator = None
     restore_args = jax.tree.map(
-        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype)
-        if isinstance(x, jax.ShapeDtypeStruct) else None, stored_target)
-    got = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        stored_target, restore_args=restore_args, partial_restore=True)))["state"]
-    if params_only:
-      got = got
-    flat_got = {"/".join(k): v for k, v in sharding.flatten_by_path(got).items()}
-    return {k: v for k, v in flat_got.items() if k in wanted}
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype),
+        target)
+    items = dict(state=ocp.args.PyTreeRestore(target, restore_args=restore_args,
+                                              partial_restore=True))
+    if data_iterator is not None and not params_only:
+      items["data"] = _data_restore(data_iterator)
+    return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+def _prune(tree: dict, skip: set[str], prefix: str) -> dict:
+  """Nested dict without the leaves whose 'a/b/c' path is in skip."""
+  out = {}
+  for k, v in tree.items():
+    path = f"{prefix}/{k}"
+    if isinstance(v, dict):
+      sub = _prune(v, skip, path)
+      if sub:
+        out[k] = sub
+    elif path not in skip:
+      out[k] = v
+  return out
+
+
+def merge_params(fresh: dict, restored: dict) -> dict:
+  """fresh params with every leaf present in `restored` replaced."""
+  out = dict(fresh)
+  for k, v in restored.items():
+    out[k] = merge_params(fresh[k], v) if isinstance(v, dict) else v
+  return out
 
 
 def _get(tree, key):

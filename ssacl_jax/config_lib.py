@@ -107,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.log_every_steps = 50
   t.eval_every_steps = 5000
   t.seed = 0
+  t.stop_at_step = 0           # >0: checkpoint and stop there (the schedule still spans num_steps)
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 2.5e-4
@@ -136,6 +137,16 @@ def base_config() -> ml_collections.ConfigDict:
   e.checkpoint_step = -1       # -1: latest
   e.batch_size = 16
   e.max_examples = 0           # 0: whole split
+  e.pathology_source = "head"  # or "oracle_reference_labels": the reference report's labels
+  e.num_report_card = 8        # studies shown (with heat maps) in report_card.html
+  e.decode = dict(method="beam", num_beams=3, max_new_tokens=100, min_new_tokens=80,
+                  repetition_penalty=2.0, length_penalty=2.0, top_p=0.9, temperature=1.0)
+
+  c.head = h = ml_collections.ConfigDict()   # the pathology head stage (--mode head)
+  h.steps = 500
+  h.learning_rate = 1e-2
+  h.weight_decay = 1e-4
+  h.max_train_examples = 0     # 0: the whole training split
   return c
 
 

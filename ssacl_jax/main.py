@@ -1,6 +1,7 @@
 """Entry point: `python -m ssacl_jax.main --config configs/<name>.py --workdir DIR [--mode M]`.
 
-Modes: train (default: train, resuming from WORKDIR), eval (restore and evaluate).
+Modes: train (default; resumes from WORKDIR), head (stage 2: the pathology head),
+eval (restore, generate, score).
 Config fields are overridden with `--config.a.b=value`; variants with `configs/x.py:a=1`.
 """
 from __future__ import annotations
@@ -15,7 +16,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variants]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "head", "eval"],
+                              "train: pretrain SS-ACL; head: fit the pathology head on the frozen "
+                              "encoder; eval: restore, generate and score.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -39,6 +42,9 @@ def main(argv):
   config_lib.validate(config)
   if _MODE.value == "train":
     train.train_and_evaluate(config, _WORKDIR.value)
+  elif _MODE.value == "head":
+    from ssacl_jax import pathology_head
+    pathology_head.train_head(config, _WORKDIR.value)
   else:
     from ssacl_jax import evaluate
     evaluate.evaluate(config, _WORKDIR.value)

@@ -112,7 +112,7 @@ def make_train_step(config, setup: StateSetup):
       (grads, metrics), _ = jax.lax.scan(micro, zeros, (jnp.arange(accum),
                                                         _microbatches(batch, accum)))
       grads, metrics = jax.tree.map(lambda x: x / accum, (grads, metrics))
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
            "opt_state": opt_state}
@@ -221,7 +221,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start = ckpt.latest_step()
   if start is not None:
     logging.info("resuming from %s/%d", ckpt.directory, start)
-    state = ckpt.restore(start, setup.abstract_state, data.train_iterator)
+    restored = ckpt.restore(start, setup.abstract_state, data.train_iterator)
+    if set(restored) == {"params"}:  # partial restore: the rest stays freshly initialised
+      state = dict(state, params=checkpointing.merge_params(state["params"], restored["params"]))
+    else:
+      state = restored
   start = int(state["step"])
 
   # Update step.
@@ -259,11 +263,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         last.update(val)
         save_metrics = {config.checkpoint.best_metric: val.get(config.checkpoint.best_metric, 0.0)} \
             if config.checkpoint.best_metric in val else None
-      stop = preempted.should_stop()
+      stop = preempted.should_stop() or step == t.stop_at_step
       if step % t.checkpoint_every_steps == 0 or step == t.num_steps or stop or save_metrics:
         ckpt.save(step, state, data.train_iterator, metrics=save_metrics, force=stop)
       if stop:
-        logging.warning("stopping after step %d on SIGTERM (checkpoint saved)", step)
+        logging.warning("stopping after step %d (checkpoint saved)", step)
         break
   ckpt.close()
   writer.close()

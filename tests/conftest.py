@@ -23,3 +23,14 @@ def shared_data():
   if not SHARED_DATA.is_dir():
     pytest.skip(f"{SHARED_DATA} is absent: these tests read the project's shared real data")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+  """The tiny synthetic set (tests/tiny_config.py sizes), built once per test session."""
+  from input_pipeline import build
+  from tiny_config import tiny_config
+  config = tiny_config()
+  data_dir = tmp_path_factory.mktemp("data")
+  build.build_dataset(config.data.dataset, str(data_dir), **dict(config.data.builder))
+  return str(data_dir)

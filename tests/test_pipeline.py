@@ -461,21 +461,19 @@ def test_train_skips_bad_records_and_keeps_batches_full(toks, caplog):
   assert all(np.isfinite(b["image"]).all() for b in batches)
   assert tracker.skipped >= len(bad)
   assert tracker.seen >= 2 * len(records) - len(bad)
-  for sid in bad:
-    assert f"(study_id {sid!r})" in caplog.text
+  for sid in bad:   # named once, though met in both epochs
+    assert caplog.text.count(f"(study_id {sid!r})") == 1
 
 
 def test_too_many_bad_records_fails_clearly(toks):
   records = [make_record(i) for i in range(20)]
   records += [make_record(i, image=b"", study_id=f"bad{i}") for i in range(5)]
   cfg = make_config(max_skip_fraction=0.1, skip_check_min_records=10)
-  with pytest.raises(Exception, match="max_skip_fraction") as info:
+  with pytest.raises(pipeline.TooManyBadRecords, match="max_skip_fraction=0.1"):
     take(pipeline.make_train_iterator(records, cfg, toks, batch_size=1), 40)
-  assert "TooManyBadRecords" in repr(info.value) or isinstance(info.value,
-                                                              pipeline.TooManyBadRecords)
   # Every record bad: an error, not an endless search for a good one.
   cfg = make_config(skip_check_min_records=10)
-  with pytest.raises(Exception, match="max_skip_fraction"):
+  with pytest.raises(pipeline.TooManyBadRecords, match="10 of 10 records"):
     next(pipeline.make_train_iterator(records[20:], cfg, toks, batch_size=1))
   # Tolerated below the threshold (20% bad; after the first epoch the running fraction
   # stays below 10 / 30).

@@ -135,6 +135,16 @@ def test_gpt2_bpe_tiktoken_file_matches_hf(tmp_path):
   assert T.load_tokenizer(tmp_path).encode("the left lung\n") == EXPECTED["the left lung\n"]
 
 
+def test_gpt2_decoder_sequence_exact(tmp_path):
+  from input_pipeline import transforms
+  folder, _ = _hf_fixture(tmp_path / "gpt2")
+  tok = T.load_tokenizer(folder)
+  out = transforms.decoder_sequence("the left lung", "lung", True, tok, 12, 2, 8)
+  assert out["dec_ids"].tolist() == [262, 198, 83, 71, 68, 259, 256, 84, 261, 198, 0, 0]
+  assert out["dec_loss_mask"].tolist() == [0, 0] + [1] * 8 + [0, 0]
+  assert out["dec_mask"].tolist() == [1] * 10 + [0, 0]
+
+
 def test_gpt2_tokenizer_pickles(tmp_path):
   folder, _ = _hf_fixture(tmp_path / "gpt2")
   tok = pickle.loads(pickle.dumps(T.load_tokenizer(folder)))

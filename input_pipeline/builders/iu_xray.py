@@ -132,6 +132,8 @@ def annotation_examples(annotation: pathlib.Path, image_dir: pathlib.Path) -> li
   for split_name, entries in data.items():
     split = common.canonical_split(split_name)
     for entry in entries:
+      if not common.clean_text(entry.get("report")):
+        continue
       for i, rel in enumerate(entry["image_path"]):
         rows.append({"key": f"{entry['id']}/{i}", "split": split, "image": image_dir / rel,
                      "findings": entry["report"], "impression": "",

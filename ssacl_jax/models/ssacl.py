@@ -112,6 +112,31 @@ class SSACL(nn.Module):
     p = prefix.shape[1]
     return self.report_decoder.logits(hidden[:, p - 1:p - 1 + dec_ids.shape[1]])
 
+  # -- inference: features, grounding ------------------------------------------------------
+  def image_features(self, images):
+    """Unmasked, query-free pass -> (CLS [B, D], mean patch token [B, D], image emb [B, Dt])."""
+    tokens = self.image_encoder(images)["tokens"]
+    mean_patch = jnp.mean(tokens[:, 1:], axis=1)
+    return tokens[:, 0], mean_patch, self.image_to_text(mean_patch)
+
+  def phrase_queries(self, ids, mask):
+    """Any text (anatomy names, report phrases) -> encoder queries [n, D] (SPEC 5)."""
+    return self.text_to_query(self.encode_text(ids, mask))
+
+  def query_attention(self, images, queries):
+    """Last-block attention of each query and of CLS over the patches, head-averaged.
+
+    queries [M, D] or [B, M, D] -> [B, M + 1, N] (row M is the CLS token's map).
+    """
+    out = self.image_encoder(images, queries=queries, return_attention=True)
+    m1 = out["attention"].shape[2]
+    return jnp.mean(out["attention"][:, :, :, m1:].astype(jnp.float32), axis=1)
+
+  def anatomy_attention(self, images, anatomy_ids, anatomy_mask):
+    """Graph-query heat maps [B, G + 1, N] (anatomy.NODES order, then CLS)."""
+    leaf_q = self.leaf_queries(anatomy_ids, anatomy_mask)
+    return self.query_attention(images, anatomy.restore_graph_queries(leaf_q))
+
   # -- generation ---------------------------------------------------------------------------
   def generation_prefix(self, images, anatomy_ids, anatomy_mask, leaf_mask):
     """Images -> (prefix [B, K + 1 + N, Wd], prefix key mask [B, K + 1 + N]) for decoding."""

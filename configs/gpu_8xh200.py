@@ -1,0 +1,41 @@
+"""SS-ACL at the paper's sizes on SLURM nodes of 8 NVIDIA H200 (141 GB HBM3e each); one
+node by default, any number of nodes with the same file.
+
+Mesh (data -1, fsdp 8, tensor 1): parameters and AdamW moments sharded over the 8 GPUs of
+a node (NVLink), the batch over every GPU; data takes the nodes (1 node: 32 examples per
+GPU at the paper's global batch of 256). bfloat16 compute, float32 parameters and
+optimizer state, no rematerialisation.
+
+Launch (writes an sbatch script, one process per GPU, and submits it):
+
+  python launch/slurm_gpu.py --nodes 1 --gpus-per-node 8 --partition PARTITION \
+      --config configs/gpu_8xh200.py --workdir /shared/runs/h200 \
+      --data-dir /shared/tfds
+
+Check that it compiles and fits without a GPU (jax-cuda12-plugin and jax-cuda12-pjrt
+0.10.2 installed with --no-deps):
+
+  JAX_PLATFORMS=cpu python -m ssacl_jax.aot --config configs/gpu_8xh200.py --topology h200:1x1x8
+
+Variants: batch=N (global), steps=N, fsdp=N, tensor=N (data takes the GPUs left), accum=N,
+remat, fp32, dataset=NAME.
+"""
+from ssacl_jax import config_lib
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, batch=256, steps=100_000, fsdp=8, tensor=1, accum=1,
+                           remat=False, fp32=False, dataset="mimic_cxr")
+  c = config_lib.base_config()
+  c.model.dtype = "float32" if a.fp32 else "bfloat16"
+  c.model.param_dtype = "float32"
+  c.model.remat = a.remat
+  c.data.dataset = a.dataset
+  c.data.num_workers = 8
+  c.train.global_batch_size = a.batch
+  c.train.grad_accum_steps = a.accum
+  c.train.num_steps = a.steps
+  c.mesh.shape = (-1, a.fsdp, a.tensor)
+  c.sharding_rules = config_lib.DEFAULT_SHARDING_RULES   # embed->fsdp, mlp/heads/vocab->tensor
+  c.eval.batch_size = 64
+  return c

@@ -1,0 +1,40 @@
+"""SS-ACL at the paper's sizes on a Cloud TPU v5p-128 slice (4x4x4 = 64 megacore chips,
+95 GiB HBM each, 16 hosts of 4 chips).
+
+Mesh (data 8, fsdp 8, tensor 1): parameters and AdamW moments sharded 8 ways, the batch
+over all 64 chips (4 examples per chip at the paper's global batch of 256). bfloat16
+compute, float32 parameters and optimizer state, no rematerialisation.
+
+Launch:
+
+  python launch/tpu_pod.py all --name ssacl-v5p-128 --zone us-east5-a \
+      --accelerator-type v5p-128 --version v2-alpha-tpuv5 \
+      --repo-url https://github.com/OWNER/ssacl_jax.git --data gs://BUCKET/tfds \
+      --config configs/tpu_v5p_128.py --workdir gs://BUCKET/runs/v5p_128
+
+Check that it compiles and fits without a TPU:
+
+  JAX_PLATFORMS=cpu python -m ssacl_jax.aot --config configs/tpu_v5p_128.py --topology v5p:4x4x4
+
+Variants: batch=N (global), steps=N, fsdp=N, tensor=N (data takes the chips left),
+accum=N, remat, fp32, dataset=NAME.
+"""
+from ssacl_jax import config_lib
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, batch=256, steps=100_000, fsdp=8, tensor=1, accum=1,
+                           remat=False, fp32=False, dataset="mimic_cxr")
+  c = config_lib.base_config()
+  c.model.dtype = "float32" if a.fp32 else "bfloat16"
+  c.model.param_dtype = "float32"
+  c.model.remat = a.remat
+  c.data.dataset = a.dataset
+  c.data.num_workers = 4
+  c.train.global_batch_size = a.batch
+  c.train.grad_accum_steps = a.accum
+  c.train.num_steps = a.steps
+  c.mesh.shape = (-1, a.fsdp, a.tensor)
+  c.sharding_rules = config_lib.DEFAULT_SHARDING_RULES   # embed->fsdp, mlp/heads/vocab->tensor
+  c.eval.batch_size = 128
+  return c

@@ -1,0 +1,119 @@
+"""Test-time anatomy inference (SPEC 4): a 14-way multi-label head on the frozen encoder.
+
+Stage 2 of training (`--mode head`, same config and workdir): extract frozen features
+(CLS and mean patch token of an unmasked, query-free pass) for the training and
+validation splits, fit a logistic-regression head on the labels (1 = positive, all else
+negative), pick per-class thresholds that maximise F1 on validation, and save both to
+WORKDIR/pathology_head/. At test time its positive predictions give the pathology prompt
+and, through the anatomy table, the decoder's leaf mask.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ssacl_jax import anatomy, inference
+from ssacl_jax.evaluation import classification
+
+HEAD_DIR = "pathology_head"
+
+
+def features_fn(model, images):
+  cls, mean_patch, _ = model.image_features(images)
+  return jnp.concatenate([cls, mean_patch], axis=-1).astype(jnp.float32)
+
+
+def extract_features(r: inference.Restored, split: str, max_examples=None):
+  """(features [n, 2D], labels [n, 14]) over a split, bad records dropped."""
+  fn = inference.jit_method(r, features_fn)
+  feats, labels = [], []
+  for batch, local in inference.eval_batches(r, split, max_examples=max_examples):
+    f = inference.gather(fn(batch["image"]))
+    valid = np.asarray(inference.gather(batch_valid(local)))
+    feats.append(np.asarray(f)[valid])
+    labels.append(np.asarray(inference.gather(batch["labels"]))[valid])
+  return np.concatenate(feats), np.concatenate(labels)
+
+
+def batch_valid(local):
+  return np.asarray(local["valid"], bool)
+
+
+def fit_logistic(features, targets, *, steps: int, learning_rate: float, weight_decay: float,
+                 seed: int = 0):
+  """Full-batch AdamW logistic regression; features standardised. Returns the head dict."""
+  mean, std = features.mean(0), features.std(0) + 1e-6
+  x = jnp.asarray((features - mean) / std)
+  y = jnp.asarray(targets, jnp.float32)
+  params = {"w": jnp.zeros((x.shape[1], y.shape[1])), "b": jnp.zeros((y.shape[1],))}
+  tx = optax.adamw(learning_rate, weight_decay=weight_decay)
+  opt = tx.init(params)
+
+  def loss(p):
+    return optax.sigmoid_binary_cross_entropy(x @ p["w"] + p["b"], y).mean()
+
+  @jax.jit
+  def step(p, o):
+    g = jax.grad(loss)(p)
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o
+
+  for _ in range(steps):
+    params, opt = step(params, opt)
+  return {"w": np.asarray(params["w"]), "b": np.asarray(params["b"]), "mean": mean, "std": std}
+
+
+def predict_proba(head, features):
+  z = (features - head["mean"]) / head["std"] @ head["w"] + head["b"]
+  return 1.0 / (1.0 + np.exp(-z))
+
+
+def train_head(config, workdir) -> dict:
+  """Fit, select thresholds on validation, save; returns validation metrics."""
+  r = inference.restore(config, workdir)
+  h = config.head
+  train_x, train_y = extract_features(r, config.data.train_split, h.max_train_examples or None)
+  val_x, val_y = extract_features(r, config.data.eval_split)
+  head = fit_logistic(train_x, train_y == 1, steps=h.steps, learning_rate=h.learning_rate,
+                      weight_decay=h.weight_decay)
+  val_p = predict_proba(head, val_x)
+  head["thresholds"] = classification.pick_thresholds(val_p, val_y == 1)
+  metrics = {"val_auroc_mean": float(classification.mean_auroc(val_p, val_y == 1)),
+             **{f"val_{k}": float(v) for k, v in classification.f1_at_thresholds(
+                 val_p, val_y == 1, head["thresholds"]).items()
+                if np.ndim(v) == 0}}
+  save_head(workdir, head, dict(step=r.step, **metrics))
+  logging.info("pathology head: %s", metrics)
+  print(json.dumps({"pathology_head": metrics}), flush=True)
+  return metrics
+
+
+def save_head(workdir, head: dict, info: dict) -> None:
+  if jax.process_index() != 0:
+    return
+  out = pathlib.Path(workdir) / HEAD_DIR
+  out.mkdir(parents=True, exist_ok=True)
+  np.savez(out / "head.npz", **head)
+  (out / "info.json").write_text(json.dumps(
+      dict(info, pathologies=list(anatomy.PATHOLOGIES)), indent=1))
+
+
+def load_head(workdir) -> dict:
+  path = pathlib.Path(workdir) / HEAD_DIR / "head.npz"
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"{path} is missing: fit the pathology head first with --mode head, or evaluate "
+        "with --config.eval.pathology_source=oracle_reference_labels")
+  with np.load(path) as f:
+    return {k: f[k] for k in f.files}
+
+
+def positives_from_head(head, features) -> np.ndarray:
+  """[n, 14] int8 labels in CheXpert coding: 1 where the head fires, else 0."""
+  return (predict_proba(head, features) >= head["thresholds"]).astype(np.int8)

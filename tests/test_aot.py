@@ -1,0 +1,194 @@
+"""Ahead-of-time compilation (python -m ssacl_jax.aot): target parsing, XLA message and HLO
+parsing, the whole command on the tiny config over fake CPU devices (and a small TPU
+topology where libtpu is installed), the does-not-fit path, and (marked `aot`, run with
+`-m aot`) the paper config at its pod targets."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from ssacl_jax import aot
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = "tests/aot_tiny_config.py"
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+HAS_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+NO_LIBTPU = "libtpu is not installed (pip install 'jax[tpu]==0.10.2', the `tpu` extra)"
+
+
+def run_aot(*args: str, devices: int = 4, timeout: int = 900) -> tuple[int, str, dict | None]:
+  """Runs the CLI; (exit code, stdout, the JSON report of its last line or None)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  proc = subprocess.run([sys.executable, "-m", "ssacl_jax.aot", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  lines = proc.stdout.strip().splitlines()
+  report = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
+  if report is None:
+    print(proc.stdout, proc.stderr[-5000:])
+  return proc.returncode, proc.stdout, report
+
+
+def check_step(step: dict, flops: bool = True) -> None:
+  assert step["fits"], step
+  mem = step["memory"]
+  for key in ("argument_bytes", "output_bytes", "temp_bytes", "total_bytes"):
+    assert mem[key] > 0, (key, mem)
+  if flops:
+    assert step["flops_per_device"] > 0 and step["flops_total"] >= step["flops_per_device"]
+
+
+# ----------------------------------------------------------------------------- pure parts
+def test_parse_topology():
+  t = aot.parse_topology("v5e:16x16")
+  assert (t.platform, t.kind, t.shape, t.num_devices) == ("tpu", "v5e", "16x16", 256)
+  assert aot.parse_topology("v5p:4x4x4").num_devices == 64
+  assert aot.parse_topology("h200:1x2x8", "cuda").num_devices == 16
+  assert aot.parse_topology("cpu:4").platform == "cpu"
+  with pytest.raises(ValueError, match="KIND:SHAPE"):
+    aot.parse_topology("v5e")
+  with pytest.raises(ValueError, match="tpu target, not cuda"):
+    aot.parse_topology("v4:2x2x2", "cuda")
+
+
+def test_device_memory():
+  assert aot.device_memory_bytes(aot.parse_topology("v5e:2x2")) == 16 * 2**30
+  assert aot.device_memory_bytes(aot.parse_topology("v5p:2x2x1")) == 95 * 2**30
+  gpu = aot.gpu_target_config("h200")
+  assert aot.device_memory_bytes(aot.parse_topology("h200:1x1x8"), gpu) == 151397597184
+  assert aot.device_memory_bytes(aot.parse_topology("cpu:2")) is None
+  with pytest.raises(ValueError, match="known: h200"):
+    aot.gpu_target_config("b300")
+
+
+def test_parse_resource_exhausted():
+  message = (
+      "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space "
+      "hbm. Used 20.52G of 15.75G hbm. Exceeded hbm capacity by 4.77G.\n\n"
+      "Total hbm usage >= 21.02G:\n    reserved        530.00M \n    program          20.52G \n"
+      "    arguments            0B \n\nOutput size 0B; shares 0B with arguments.\n")
+  assert aot.is_out_of_memory(message)
+  got = aot.parse_resource_exhausted(message)
+  g = 2**30
+  assert got == {"used_bytes": round(20.52 * g), "capacity_bytes": round(15.75 * g),
+                 "exceeded_by_bytes": round(4.77 * g), "total_usage_bytes": round(21.02 * g),
+                 "program_bytes": round(20.52 * g), "arguments_bytes": 0,
+                 "reserved_bytes": 530 * 2**20}
+  assert not aot.is_out_of_memory("INVALID_ARGUMENT: shapes differ")
+
+
+def test_collective_stats_counts_ops_and_result_bytes():
+  hlo = """
+  %all-reduce.1 = f32[1024]{0} all-reduce(f32[1024]{0} %p0), replica_groups={}, to_apply=%add
+  %ar.2 = (bf16[8,4]{1,0}, f32[16]{0}) all-reduce(%a, %b), to_apply=%add
+  %all-gather-start = (f32[8]{0}, f32[64]{0}) all-gather-start(f32[8]{0} %p1), dimensions={0}
+  %all-gather-done = f32[64]{0} all-gather-done(%all-gather-start)
+  %reduce-scatter.3 = f32[128]{0} reduce-scatter(f32[1024]{0} %p2), dimensions={0}
+  %cp = (f32[4,4]{1,0}, f32[4,4]{1,0}, u32[], u32[]) collective-permute-start(%x), source_target_pairs={{0,1}}
+  %cp-done = f32[4,4]{1,0} collective-permute-done(%cp)
+  %a2a = s32[32,2]{1,0} all-to-all(%y), dimensions={0}
+  %add.9 = f32[1024]{0} add(%all-reduce.1, %all-reduce.1)
+  """
+  s = aot.collective_stats(hlo)
+  assert s["all-reduce"] == {"count": 2, "bytes": 4096 + 64 + 64}
+  assert s["all-gather"] == {"count": 1, "bytes": 256}
+  assert s["reduce-scatter"] == {"count": 1, "bytes": 512}
+  assert s["collective-permute"] == {"count": 1, "bytes": 64}
+  assert s["all-to-all"] == {"count": 1, "bytes": 256}
+  assert s["total"] == {"count": 6, "bytes": 4224 + 256 + 512 + 64 + 256}
+
+
+def test_generation_batch_rounds_up_to_the_batch_shards():
+  import jax
+  from tiny_config import tiny_config
+  config = tiny_config()
+  config.mesh.shape = (2, 2, 2)
+  mesh = aot.make_mesh(config, jax.devices()[:8])
+  assert aot.generation_batch_size(config, mesh, 5) == 8     # batch over data x fsdp = 4
+  assert aot.generation_batch_size(config, mesh) == config.eval.batch_size
+  cfg = aot.decode_settings(config)
+  assert cfg.eos_id < config.model.report.vocab_size
+  assert cfg.max_new_tokens <= config.model.report.max_positions - (25 + 1 + 16)
+
+
+# ----------------------------------------------------------------------------- the command
+def test_aot_cpu_devices_train_and_generate(tmp_path):
+  """The full lower/compile/report path on 4 fake CPU devices, fsdp 2 x data 2."""
+  out = tmp_path / "aot.json"
+  code, stdout, report = run_aot("--config", f"{TINY}:fsdp=2", "--topology", "cpu:4",
+                                 "--what", "both", "--json", str(out))
+  assert code == 0, stdout
+  assert report == json.loads(out.read_text())
+  assert report["num_devices"] == 4 and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
+  assert report["fits"] and report["num_params"] > 0
+  assert 0 < report["param_bytes_per_device"] < 4 * report["num_params"]   # fsdp halves some
+  check_step(report["steps"]["train"])
+  check_step(report["steps"]["generate"])
+  assert report["steps"]["train"]["memory"]["alias_bytes"] > 0              # donated state
+  assert report["steps"]["train"]["collectives"]["total"]["count"] > 0
+  assert "train: compiled in" in stdout and stdout.splitlines()[-2] == "fits"
+
+
+def test_aot_does_not_fit_exits_with_the_numbers():
+  code, stdout, report = run_aot("--config", TINY, "--topology", "cpu:2", "--what", "generate",
+                                 "--hbm_bytes", "1000000", devices=2)
+  assert code == aot.EXIT_DOES_NOT_FIT
+  step = report["steps"]["generate"]
+  assert not report["fits"] and not step["fits"]
+  assert step["error"].startswith("does not fit: ")
+  assert step["out_of_memory"]["capacity_bytes"] == 1_000_000
+  assert step["out_of_memory"]["used_bytes"] == step["memory"]["total_bytes"] > 1_000_000
+  assert "generate: DOES NOT FIT" in stdout and "DOES NOT FIT" in stdout.splitlines()[-2]
+
+
+def test_aot_tiny_on_a_small_tpu_topology():
+  if not HAS_LIBTPU:
+    pytest.skip(NO_LIBTPU)
+  code, stdout, report = run_aot("--config", TINY, "--topology", "v5e:2x2", "--what", "train")
+  assert code == 0, stdout
+  assert report["device_kind"] == "TPU v5 lite" and report["num_devices"] == 4
+  assert report["memory_limit_bytes"] == 16 * 2**30
+  check_step(report["steps"]["train"])
+
+
+# ----------------------------------------------------------------------------- pod targets
+@pytest.mark.aot
+@pytest.mark.parametrize("config,topology", [
+    ("configs/tpu_v5e_256.py", "v5e:16x16"), ("configs/tpu_v5p_128.py", "v5p:4x4x4"),
+    ("configs/tpu_v4_64.py", "v4:2x4x4")])
+def test_paper_config_fits_its_tpu_pod(config, topology):
+  if not HAS_LIBTPU:
+    pytest.skip(NO_LIBTPU)
+  code, stdout, report = run_aot("--config", config, "--topology", topology, "--what", "both",
+                                 timeout=3000)
+  assert code == 0, stdout
+  check_step(report["steps"]["train"])
+  check_step(report["steps"]["generate"])
+  assert report["steps"]["train"]["memory"]["total_bytes"] < report["memory_limit_bytes"]
+
+
+@pytest.mark.aot
+def test_paper_config_fits_8xh200():
+  if not HAS_CUDA_PLUGIN:
+    pytest.skip("jax-cuda12-plugin / jax-cuda12-pjrt 0.10.2 are not installed (--no-deps)")
+  code, stdout, report = run_aot("--config", "configs/gpu_8xh200.py", "--topology",
+                                 "h200:1x1x8", timeout=3000)
+  assert code == 0, stdout
+  check_step(report["steps"]["train"], flops=False)   # XLA:GPU gives no cost analysis here
+
+
+@pytest.mark.aot
+def test_paper_config_too_large_a_batch_fails_on_v5e():
+  if not HAS_LIBTPU:
+    pytest.skip(NO_LIBTPU)
+  code, stdout, report = run_aot("--config", "configs/tpu_v5e_256.py:batch=16384,fsdp=1",
+                                 "--topology", "v5e:16x16", timeout=3000)
+  assert code == aot.EXIT_DOES_NOT_FIT, stdout
+  oom = report["steps"]["train"]["out_of_memory"]
+  assert oom["used_bytes"] > oom["capacity_bytes"]

@@ -1,0 +1,79 @@
+"""Training loop: metrics, checkpoints, exact resume, preemption, non-finite steps."""
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from ssacl_jax import checkpointing, train
+from tiny_config import tiny_config
+
+
+def config_for(data_dir, **train_fields):
+  c = tiny_config()
+  c.data.data_dir = data_dir
+  c.train.num_steps = 6
+  c.train.log_every_steps = 1
+  c.train.checkpoint_every_steps = 2
+  c.train.eval_every_steps = 0
+  c.checkpoint.async_save = False
+  for k, v in train_fields.items():
+    c.train[k] = v
+  return c
+
+
+def read_metrics(workdir):
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return {r["step"]: r for r in map(json.loads, lines) if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  train.train_and_evaluate(config_for(tiny_data_dir), str(workdir))
+  return workdir
+
+
+def test_metrics_and_checkpoints_are_written(uninterrupted):
+  metrics = read_metrics(uninterrupted)
+  assert sorted(metrics) == [1, 2, 3, 4, 5, 6]
+  for r in metrics.values():
+    for k in ("loss", "loss_ir", "loss_cl", "loss_lm", "loss_ar", "loss_ac", "grad_norm",
+              "learning_rate", "logit_scale"):
+      assert np.isfinite(r[k]), k
+  steps = sorted(int(p.name) for p in (uninterrupted / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [2, 4, 6]
+  assert any((uninterrupted / "tensorboard").iterdir())
+
+
+def test_resume_continues_identically(uninterrupted, tiny_data_dir, tmp_path):
+  train.train_and_evaluate(config_for(tiny_data_dir, stop_at_step=3), str(tmp_path))
+  assert sorted(read_metrics(tmp_path)) == [1, 2, 3]
+  train.train_and_evaluate(config_for(tiny_data_dir), str(tmp_path))  # resumes from step 3
+  want, got = read_metrics(uninterrupted), read_metrics(tmp_path)
+  assert sorted(got) == [1, 2, 3, 4, 5, 6]
+  for step in (4, 5, 6):
+    for k in ("loss", "loss_ir", "loss_cl", "loss_lm", "loss_ar", "loss_ac", "grad_norm"):
+      np.testing.assert_allclose(got[step][k], want[step][k], rtol=1e-6, err_msg=f"{k}@{step}")
+
+
+def test_non_finite_step_is_refused_and_named(tiny_data_dir):
+  from jax.sharding import NamedSharding
+  from ssacl_jax import sharding
+  from ssacl_jax.models import ssacl
+  from test_model import random_batch
+  config = config_for(tiny_data_dir)
+  mesh = sharding.make_mesh(config)
+  model = ssacl.build_model(config.model)
+  batch, tokens = random_batch(config, 8)
+  setup = train.setup_state(config, model, mesh, tokens)
+  state = setup.init_fn(jax.random.key(0))
+  before = jax.device_get(state["params"])
+  batch["image"][0, 0, 0, 0] = np.nan
+  step = jax.jit(train.make_train_step(config, setup))
+  new_state, metrics = step(state, batch, *tokens, jax.random.key(1))
+  with pytest.raises(train.NonFiniteLossError, match=r"non-finite ir.* at step 7"):
+    train.check_finite(7, jax.device_get(metrics))
+  after = jax.device_get(new_state["params"])
+  jax.tree.map(np.testing.assert_array_equal, before, after)
