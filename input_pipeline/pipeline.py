@@ -5,9 +5,10 @@
 file bytes): a TFDS array_record data source, a list in tests.
 
 Training (`make_train_iterator`): records are shuffled per epoch with a seed shared by all
-processes and repeated forever; process p takes positions p, p+P, ... of that one global
-stream, so within every epoch the processes read disjoint records that together cover the
-set. Each example is transformed with its own generator seeded by (seed, record index,
+processes and repeated forever; all processes cut one global
+stream in blocks of the per-process batch b (process p takes rows [p*b, (p+1)*b) of every
+global batch), so the processes read disjoint records that together cover the set, and
+the assembled global batch is the one a single process would read. Each example is transformed with its own generator seeded by (seed, record index,
 epoch): the stream is a pure function of the seed, and `get_state()` / `set_state()` of
 the returned Grain iterator resume it exactly. Batches hold the per-process share
 (global batch // process_count) of the CONTRACTS "Model batch".
@@ -331,6 +332,9 @@ class _TrainMap:
     self.opts, self.text_tok, self.decoder_tok = opts, text_tok, decoder_tok
     self.tracker = tracker
 
+  def on_pair(self, pair) -> dict | None:
+    return self(*pair)
+
   def __call__(self, position: int, record_index: int) -> dict | None:
     record_index = int(record_index)
     epoch = int(position) // self.num_records
@@ -417,9 +421,28 @@ def make_train_dataset(source, config, tokenizers, process_index: int = 0,
   tracker = SkipTracker(opts.max_skip_fraction, opts.skip_check_min_records,
                         name=f"train process {process_index}")
   fn = _TrainMap(source, n, seed, opts, text_tok, decoder_tok, tracker)
-  ds = grain.MapDataset.range(n).seed(seed).shuffle().repeat()
-  ds = ds.map_with_index(fn)[process_index::process_count]
+  order = grain.MapDataset.range(n).seed(seed).shuffle().repeat()
+  blocks = _ProcessBlocks(order, process_index, process_count, batch_size)
+  ds = grain.MapDataset.range(len(order) // process_count).map(blocks).map(fn.on_pair)
   return _finish(ds, opts, batch_size, drop_remainder=True), tracker
+
+
+class _ProcessBlocks:
+  """Process p's q-th position -> (global stream position, record index).
+
+  The global stream is cut into global batches; process p takes rows [p*b, (p+1)*b) of
+  each, so the global batch assembled from all processes is rows 0..B-1 of the stream in
+  order, the same batch a single process would build: runs on any number of hosts see
+  the same data in the same place.
+  """
+
+  def __init__(self, order, process_index: int, process_count: int, batch_size: int):
+    self.order, self.p, self.count, self.b = order, process_index, process_count, batch_size
+
+  def __call__(self, q):
+    q = int(q)
+    position = (q // self.b) * self.b * self.count + self.p * self.b + q % self.b
+    return position, self.order[position]
 
 
 def make_train_iterator(source, config, tokenizers, process_index: int = 0,

@@ -237,8 +237,8 @@ def cost_figures(compiled, num_devices: int) -> dict:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
-  if not cost:
-    return {"flops_per_device": None}
+  if not cost:   # XLA:GPU compiled without a GPU gives none
+    return {"flops_per_device": None, "flops_note": "no cost analysis from this compiler"}
   flops = float(cost.get("flops", 0.0))
   return {"flops_per_device": flops, "flops_total": flops * num_devices,
           "transcendentals_per_device": float(cost.get("transcendentals", 0.0)),

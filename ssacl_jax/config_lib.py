@@ -181,3 +181,62 @@ def validate(config) -> None:
     problems.append(f"model.mask_ratio {m.mask_ratio} must be in (0, 1)")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+CONFIG_FILE = "config.json"
+
+
+def save_workdir_config(config, workdir) -> None:
+  """WORKDIR/config.json: what prediction and evaluation read back without --config."""
+  import pathlib
+  path = pathlib.Path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1))
+
+
+def load_workdir_config(workdir) -> ml_collections.ConfigDict:
+  import json
+  import pathlib
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} is missing: not a training workdir of ssacl_jax "
+                            "(train writes it), or pass the config explicitly")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_config_file(spec: str):
+  """'path/to/config.py[:arg]' -> its get_config(arg), as --config does."""
+  import importlib.util
+  import pathlib
+  path, _, arg = spec.partition(":")
+  if not pathlib.Path(path).is_file():
+    raise ConfigError(f"config file {path} does not exist")
+  module_spec = importlib.util.spec_from_file_location("_ssacl_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def check_overrides(argv, flag: str = "config") -> None:
+  """Fail before anything runs on `--config.a.b=v` naming a key the config lacks."""
+  spec = None
+  for i, a in enumerate(argv):
+    if a.startswith(f"--{flag}="):
+      spec = a.split("=", 1)[1]
+    elif a == f"--{flag}" and i + 1 < len(argv):
+      spec = argv[i + 1]
+  if spec is None:
+    return
+  config = load_config_file(spec)
+  for arg in argv:
+    if not arg.startswith(f"--{flag}."):
+      continue
+    path = arg[len(flag) + 3:].split("=", 1)[0].split(".")
+    node = config
+    for depth, key in enumerate(path):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        where = ".".join(path[:depth]) or "the top level"
+        valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise ConfigError(f"unknown config key {'.'.join(path)!r} in {arg!r}: {where} has "
+                          f"no {key!r}; valid keys there: {', '.join(valid) or '(none)'}")
+      node = node[key]

@@ -6,7 +6,8 @@ jax.Arrays on the mesh.
 """
 from __future__ import annotations
 
-import logging
+import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -35,11 +36,44 @@ def load_source(config, split: str):
   return build.load_split(d.dataset, d.data_dir, split, **builder_options(config))
 
 
-def load_tokenizers(config, train_source=None) -> tok_lib.TokenizerPair:
-  """(text, decoder) tokenizers; SentencePiece models trained on the training reports once.
+WORKDIR_TOKENIZERS = "tokenizers"
 
-  A GPT-2 BPE folder named by config.data.decoder_tokenizer replaces the decoder model.
+
+def workdir_tokenizer_paths(workdir):
+  """Where a workdir keeps the tokenizers its checkpoints were trained with, or None."""
+  folder = pathlib.Path(workdir) / WORKDIR_TOKENIZERS
+  text = folder / "text.model"
+  decoder = [p for p in sorted(folder.glob("decoder*")) if p.name != "decoder.json"]
+  return (text, decoder[0]) if text.is_file() and decoder else None
+
+
+def keep_tokenizers_in_workdir(workdir, text_path, decoder_path) -> None:
+  """Copy the tokenizers next to the checkpoints, so the workdir is self-contained."""
+  if jax.process_index() != 0 or workdir_tokenizer_paths(workdir):
+    return
+  folder = pathlib.Path(workdir) / WORKDIR_TOKENIZERS
+  folder.mkdir(parents=True, exist_ok=True)
+  shutil.copy(text_path, folder / "text.model")
+  decoder_path = pathlib.Path(decoder_path)
+  if decoder_path.is_dir():
+    shutil.copytree(decoder_path, folder / "decoder", dirs_exist_ok=True)
+  else:
+    shutil.copy(decoder_path, folder / f"decoder{decoder_path.suffix}")
+
+
+def load_tokenizers(config, train_source=None, workdir=None) -> tok_lib.TokenizerPair:
+  """(text, decoder) tokenizers.
+
+  A workdir's own copies win (its checkpoints were trained with them). Otherwise the
+  SentencePiece models beside the data, trained on the training reports once; a GPT-2 BPE
+  folder named by config.data.decoder_tokenizer replaces the decoder model. With a
+  workdir, the tokenizers used are copied into it.
   """
+  if workdir is not None and workdir_tokenizer_paths(workdir):
+    text_path, decoder_path = workdir_tokenizer_paths(workdir)
+    text, decoder = tok_lib.load_tokenizer(text_path), tok_lib.load_tokenizer(decoder_path)
+    check_vocab(config, text, decoder)
+    return tok_lib.TokenizerPair(text, decoder)
   d = config.data
   train_source = train_source if train_source is not None else load_source(config, d.train_split)
 
@@ -50,9 +84,12 @@ def load_tokenizers(config, train_source=None) -> tok_lib.TokenizerPair:
   text_path, decoder_path = _on_process_zero_then_sync(
       lambda: tok_lib.ensure_tokenizers(d.data_dir, d.dataset, reports(), d.text_vocab,
                                         d.decoder_vocab), "tokenizers")
+  decoder_path = d.decoder_tokenizer or decoder_path
   text = tok_lib.load_tokenizer(text_path)
-  decoder = tok_lib.load_tokenizer(d.decoder_tokenizer or decoder_path)
+  decoder = tok_lib.load_tokenizer(decoder_path)
   check_vocab(config, text, decoder)
+  if workdir is not None:
+    keep_tokenizers_in_workdir(workdir, text_path, decoder_path)
   return tok_lib.TokenizerPair(text, decoder)
 
 
@@ -67,11 +104,11 @@ def check_vocab(config, text, decoder) -> None:
 class TrainingData:
   """Training iterator (checkpointable), evaluation batches and anatomy tokens."""
 
-  def __init__(self, config, mesh, batch_sharding):
+  def __init__(self, config, mesh, batch_sharding, workdir=None):
     self.config, self.mesh = config, mesh
     self.batch_spec = batch_sharding.spec
     self.train_source = load_source(config, config.data.train_split)
-    self.tokenizers = load_tokenizers(config, self.train_source)
+    self.tokenizers = load_tokenizers(config, self.train_source, workdir)
     self.anatomy_tokens = tok_lib.anatomy_tokens(self.tokenizers.text, config.data.anatomy_len)
     per_update = config.train.global_batch_size
     ds, self.tracker = pipeline.make_train_dataset(

@@ -34,7 +34,7 @@ def restore(config, workdir, *, step: int | None = None) -> Restored:
   """The model of `config` with parameters from WORKDIR/checkpoints (latest or `step`)."""
   mesh = sharding.make_mesh(config)
   jax.set_mesh(mesh)
-  tokenizers = data_lib.load_tokenizers(config)
+  tokenizers = data_lib.load_tokenizers(config, workdir=workdir)
   anatomy_tokens = tok_lib.anatomy_tokens(tokenizers.text, config.data.anatomy_len)
   model = ssacl.build_model(config.model)
   setup = train.setup_state(config, model, mesh, anatomy_tokens)

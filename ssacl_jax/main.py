@@ -51,11 +51,13 @@ def main(argv):
 
 
 def run():
+  from ssacl_jax import config_lib
   try:
-    app.run(main)
-  except KeyError as e:  # unknown --config.x key from config_flags
+    config_lib.check_overrides(sys.argv)
+  except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2)
+  app.run(main)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssacl_jax import checkpointing, data as data_lib, optim, sharding
+from ssacl_jax import checkpointing, config_lib, data as data_lib, optim, sharding
 from ssacl_jax.metric_writers import MetricWriter
 from ssacl_jax.models import ssacl
 
@@ -210,8 +210,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ValueError(f"train.global_batch_size {t.global_batch_size} must divide over "
                      f"{jax.process_count()} processes")
 
+  if jax.process_index() == 0:
+    config_lib.save_workdir_config(config, workdir)
+
   # Input.
-  data = data_lib.TrainingData(config, mesh, batch_sharding)
+  data = data_lib.TrainingData(config, mesh, batch_sharding, workdir)
 
   # Model and sharded state.
   model = ssacl.build_model(config.model)

@@ -1,0 +1,60 @@
+"""The command line: config errors, and SIGTERM (preemption) saving a checkpoint."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def main_command(workdir, *overrides):
+  return [sys.executable, "-m", "ssacl_jax.main", "--config", str(ROOT / "tests" / "tiny_config.py"),
+          "--workdir", str(workdir), *overrides]
+
+
+def env():
+  e = dict(os.environ, JAX_PLATFORMS="cpu")
+  e.pop("XLA_FLAGS", None)
+  return e
+
+
+def test_unknown_config_key_lists_the_valid_ones(tmp_path):
+  out = subprocess.run(main_command(tmp_path, "--config.train.num_stepz=3"), env=env(),
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert out.returncode == 2
+  assert "unknown config key 'train.num_stepz'" in out.stderr
+  assert "num_steps" in out.stderr and "global_batch_size" in out.stderr
+
+
+def test_invalid_config_fails_early_naming_the_fields(tmp_path):
+  out = subprocess.run(main_command(tmp_path, "--config.data.decoder_len=10"), env=env(),
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert out.returncode != 0
+  assert "data.decoder_len 10 < prompt_len + report_len + 2" in out.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_the_next_step_and_exits_cleanly(tiny_data_dir, tmp_path):
+  proc = subprocess.Popen(
+      main_command(tmp_path, f"--config.data.data_dir={tiny_data_dir}",
+                   "--config.train.num_steps=10000", "--config.train.log_every_steps=1",
+                   "--config.train.checkpoint_every_steps=100000", "--config.train.eval_every_steps=0"),
+      env=env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 2):
+    time.sleep(0.5)
+  assert proc.poll() is None, proc.stdout.read()[-3000:]
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  last = json.loads(metrics.read_text().splitlines()[-1])["step"]
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved == [last]
+  assert 2 <= last < 10000
+  assert "stopping after step" in out
