@@ -230,6 +230,9 @@ def main(argv=None) -> int:
   p.add_argument("--aot_results", default="bench/results")
   p.add_argument("--out", default="bench/results/scaling.json")
   p.add_argument("--no_compile", action="store_true", help="skip the CPU compiles")
+  p.add_argument("--reuse", action="store_true", help="take the paper-state and CPU-compile "
+                 "figures from --out when it holds them for the same configs (re-reads only "
+                 "the AOT reports)")
   p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.worker:
@@ -237,16 +240,21 @@ def main(argv=None) -> int:
     return 0
   devices = [int(n) for n in args.devices.split(",") if n]
   sizes = sorted(set(devices) | {int(n) for n in args.pod_sizes.split(",") if n})
+  out = ROOT / args.out
+  old = json.loads(out.read_text()) if args.reuse and out.exists() else {}
+  if (old.get("paper_config"), old.get("compile_config")) != (args.paper_config,
+                                                               args.compile_config):
+    old = {}
   result = {
-      "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores, "
-      f"{sys.platform}", "paper_config": args.paper_config,
-      "compile_config": args.compile_config,
-      "paper_state": paper_state_table(load_config(args.paper_config), sizes),
-      "cpu_compiles": [] if args.no_compile else
-                      [row for n in devices for row in run_worker(n, args.compile_config)],
+      "date": old.get("date", time.strftime("%Y-%m-%d")),
+      "machine": old.get("machine", f"{os.cpu_count()} CPU cores, {sys.platform}"),
+      "paper_config": args.paper_config, "compile_config": args.compile_config,
+      "paper_state": old.get("paper_state") or paper_state_table(load_config(args.paper_config),
+                                                                 sizes),
+      "cpu_compiles": old.get("cpu_compiles") or ([] if args.no_compile else [
+          row for n in devices for row in run_worker(n, args.compile_config)]),
       "aot_targets": aot_targets(ROOT / args.aot_results),
   }
-  out = ROOT / args.out
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=2) + "\n")
   print(markdown(result))

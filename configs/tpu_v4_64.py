@@ -2,7 +2,8 @@
 32 GiB HBM each, 8 hosts of 4 chips).
 
 Mesh (data 4, fsdp 8, tensor 1): parameters and AdamW moments sharded 8 ways, the batch
-over all 32 chips (8 examples per chip at the paper's global batch of 256). bfloat16
+over all 32 chips (8 examples per chip at the paper's global batch of 256). Each mesh axis
+must be a product of physical axes of the 2x4x4 torus (jax.make_mesh): 8 = 2x4, 4. bfloat16
 compute, float32 parameters and optimizer state, no rematerialisation.
 
 Launch:

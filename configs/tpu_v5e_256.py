@@ -2,7 +2,8 @@
 16 GiB HBM each, 64 hosts of 4 chips).
 
 Mesh (data 16, fsdp 16, tensor 1): parameters and AdamW moments sharded 16 ways (ZeRO-3),
-the batch over all 256 chips. bfloat16 compute, float32 parameters and optimizer state,
+the batch over all 256 chips. Each mesh axis must be a product of physical axes of the
+16x16 torus (jax.make_mesh). bfloat16 compute, float32 parameters and optimizer state,
 no rematerialisation (1 example per chip at the paper's global batch of 256).
 
 Launch (create the slice, install, copy the prepared MIMIC-CXR TFDS data, train on all 64

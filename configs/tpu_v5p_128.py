@@ -1,8 +1,9 @@
 """SS-ACL at the paper's sizes on a Cloud TPU v5p-128 slice (4x4x4 = 64 megacore chips,
 95 GiB HBM each, 16 hosts of 4 chips).
 
-Mesh (data 8, fsdp 8, tensor 1): parameters and AdamW moments sharded 8 ways, the batch
-over all 64 chips (4 examples per chip at the paper's global batch of 256). bfloat16
+Mesh (data 4, fsdp 16, tensor 1): parameters and AdamW moments sharded 16 ways, the batch
+over all 64 chips (4 examples per chip at the paper's global batch of 256). Each mesh axis
+must be a product of physical axes of the 4x4x4 torus (jax.make_mesh): 16 = 4x4, 4. bfloat16
 compute, float32 parameters and optimizer state, no rematerialisation.
 
 Launch:
@@ -23,7 +24,7 @@ from ssacl_jax import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, batch=256, steps=100_000, fsdp=8, tensor=1, accum=1,
+  a = config_lib.parse_arg(arg, batch=256, steps=100_000, fsdp=16, tensor=1, accum=1,
                            remat=False, fp32=False, dataset="mimic_cxr")
   c = config_lib.base_config()
   c.model.dtype = "float32" if a.fp32 else "bfloat16"

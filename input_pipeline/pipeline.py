@@ -234,6 +234,10 @@ def prepare_record(record: dict) -> dict:
     out[key] = (np.zeros(shape, np.float32) if value is None
                 else np.asarray(value, np.float32).reshape(shape))
   out["has_boxes"] = np.int8(record.get("has_boxes", 0))
+  sentences = record.get("finding_sentences")
+  sentences = [""] * anatomy.NUM_PATHOLOGIES if sentences is None else [
+      transforms.decode_text(s, "finding_sentences") for s in sentences]
+  out["finding_sentences"] = np.array(sentences, dtype=object)
   return out
 
 
@@ -284,6 +288,7 @@ def eval_example(prepared: dict, opts: DataOptions, text_tok, decoder_tok,
       "leaf_boxes": prepared["leaf_boxes"],
       "finding_boxes": prepared["finding_boxes"],
       "has_boxes": np.int8(prepared["has_boxes"]),
+      "finding_sentences": prepared["finding_sentences"],
       "raw_image": transforms.to_uint8(grey),
   }
 
@@ -307,6 +312,7 @@ def blank_eval_example(opts: DataOptions) -> dict:
       "leaf_boxes": np.zeros((anatomy.NUM_LEAVES, 4), np.float32),
       "finding_boxes": np.zeros((anatomy.NUM_PATHOLOGIES, 4), np.float32),
       "has_boxes": np.int8(0),
+      "finding_sentences": np.array([""] * anatomy.NUM_PATHOLOGIES, dtype=object),
       "raw_image": np.zeros((s, s), np.uint8),
   }
 
@@ -485,7 +491,8 @@ def make_eval_iterator(source, config, tokenizers, process_index: int = 0,
   process yields eval_num_batches(...) full batches; `valid` (bool) marks real rows.
 
   Batches hold the Model batch keys plus: valid, study_id / report / prompt (object
-  arrays of str), leaf_boxes, finding_boxes, has_boxes, raw_image (uint8 [B, S, S], the
+  arrays of str), leaf_boxes, finding_boxes, has_boxes, finding_sentences (object [B, 14]),
+  raw_image (uint8 [B, S, S], the
   resized grey image before normalisation, for overlays). The decoder input carries the
   ground-truth prompt only with use_prompt.
   """

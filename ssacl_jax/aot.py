@@ -103,7 +103,9 @@ def set_host_device_count(n: int) -> None:
 
 
 def quiet_libtpu(target: Target) -> None:
-  """Environment that keeps libtpu from looking for a TPU VM's metadata."""
+  """Environment that keeps libtpu from looking for a TPU VM's metadata, and lets several
+  compiling processes load it at once (no TPU is opened)."""
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{target.kind}-{target.num_devices}")
@@ -470,7 +472,10 @@ def define_flags() -> None:
 def main(argv):
   del argv
   f = flags.FLAGS
-  target = parse_topology(f.topology, f.platform)
+  try:
+    target = parse_topology(f.topology, f.platform)
+  except ValueError as e:
+    raise app.UsageError(str(e), exitcode=2)
   import jax
   jax.config.update("jax_platforms", "cpu")   # the host; targets come from topologies
   if target.platform == "cpu":
@@ -480,7 +485,12 @@ def main(argv):
   from ssacl_jax import config_lib
   config = f.config
   config_lib.validate(config)
-  report = run_aot(config, target, f.what, f.hbm_bytes or None, f.gen_batch)
+  try:
+    devices = target_devices(target)
+  except (RuntimeError, ValueError) as e:   # libtpu / GPU plugin / target config missing
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2)
+  report = run_aot(config, target, f.what, f.hbm_bytes or None, f.gen_batch, devices)
   report["config"] = _config_arg()
   for line in summary_lines(report):
     print(line)

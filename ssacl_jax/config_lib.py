@@ -95,8 +95,6 @@ def base_config() -> ml_collections.ConfigDict:
   d.shuffle_seed = 0
   d.num_workers = 0
   d.prefetch_buffer = 2
-  d.text_vocab = m.text.get_ref("vocab_size")
-  d.decoder_vocab = m.report.get_ref("vocab_size")
   d.decoder_tokenizer = ""     # local GPT-2 files (vocab.json+merges.txt or gpt2.tiktoken)
 
   c.train = t = ml_collections.ConfigDict()
@@ -131,6 +129,14 @@ def base_config() -> ml_collections.ConfigDict:
   ck.best_mode = "min"
   ck.async_save = True
   ck.partial_restore = False   # allow restoring a checkpoint with missing/extra parameters
+
+  # Pretrained starting point of a fresh run (ssacl_jax/pretrained.py; ignored on resume).
+  c.init = i = ml_collections.ConfigDict()
+  i.checkpoint = ""            # `python -m ssacl_jax.convert` --out, or a training workdir
+  i.step = -1                  # its step; -1: latest
+  i.parts = "auto"             # 'auto', 'all' or a comma list (ssacl_jax.convert.PARTS)
+  i.gpt2 = ""                  # Hugging Face GPT-2 folder -> report_decoder
+  i.mae = ""                   # MAE .pth -> image_encoder (+ image_decoder when present)
 
   c.eval = e = ml_collections.ConfigDict()
   e.split = "test"

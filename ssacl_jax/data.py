@@ -61,6 +61,13 @@ def keep_tokenizers_in_workdir(workdir, text_path, decoder_path) -> None:
     shutil.copy(decoder_path, folder / f"decoder{decoder_path.suffix}")
 
 
+def tokenizer_scope(config) -> str:
+  """Tokenizers are trained per data set and builder config (its training reports)."""
+  d = config.data
+  name = build.make_builder(d.dataset, d.data_dir, **builder_options(config)).builder_config.name
+  return f"{d.dataset}/{name}"
+
+
 def load_tokenizers(config, train_source=None, workdir=None) -> tok_lib.TokenizerPair:
   """(text, decoder) tokenizers.
 
@@ -82,8 +89,9 @@ def load_tokenizers(config, train_source=None, workdir=None) -> tok_lib.Tokenize
       yield features.as_text(train_source[i]["report"])
 
   text_path, decoder_path = _on_process_zero_then_sync(
-      lambda: tok_lib.ensure_tokenizers(d.data_dir, d.dataset, reports(), d.text_vocab,
-                                        d.decoder_vocab), "tokenizers")
+      lambda: tok_lib.ensure_tokenizers(d.data_dir, tokenizer_scope(config), reports(),
+                                        config.model.text.vocab_size,
+                                        config.model.report.vocab_size), "tokenizers")
   decoder_path = d.decoder_tokenizer or decoder_path
   text = tok_lib.load_tokenizer(text_path)
   decoder = tok_lib.load_tokenizer(decoder_path)

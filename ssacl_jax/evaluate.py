@@ -51,7 +51,8 @@ def prompt_batch(tok, prompts, prompt_len: int):
 def decode_reports(tok, tokens, lengths) -> list[str]:
   out = []
   for row, n in zip(np.asarray(tokens), np.asarray(lengths)):
-    row = [int(t) for t in row[:int(n)] if int(t) != tok.newline_id]
+    # Ids past the tokenizer's vocabulary (the model's table may be larger) are dropped.
+    row = [int(t) for t in row[:int(n)] if int(t) != tok.newline_id and int(t) < tok.vocab_size]
     out.append(tok.decode(row).strip())
   return out
 
@@ -194,6 +195,7 @@ def write_outputs(out_dir: pathlib.Path, res, metrics, grid: int, cfg) -> None:
           "reference": str(res["reference"][i]),
           "predicted_pathologies": list(anatomy.positive_pathologies(pred)),
           "predicted_regions": list(anatomy.regions_for_pathologies(anatomy.positive_pathologies(pred))),
+          "labels_dataset": res["labels"][i].tolist(),
           "labels_generated": res["gen_labels"][i].tolist(),
           "labels_reference": res["ref_labels"][i].tolist()}) + "\n")
   (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True, default=float))

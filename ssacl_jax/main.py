@@ -25,8 +25,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def initialize_hosts() -> None:
   """jax.distributed.initialize() when this is one of several processes (pod or cluster)."""
   import jax
-  multi = any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS",
-                                        "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
+  multi = os.environ.get("SSACL_DISTRIBUTED") == "1" or any(
+      v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS",
+                                "MEGASCALE_COORDINATOR_ADDRESS"))
   if multi and os.environ.get("SSACL_SINGLE_PROCESS") != "1":
     jax.distributed.initialize()
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),

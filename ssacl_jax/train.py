@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssacl_jax import checkpointing, config_lib, data as data_lib, optim, sharding
+from ssacl_jax import checkpointing, config_lib, data as data_lib, optim, pretrained, sharding
 from ssacl_jax.metric_writers import MetricWriter
 from ssacl_jax.models import ssacl
 
@@ -229,6 +229,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state = dict(state, params=checkpointing.merge_params(state["params"], restored["params"]))
     else:
       state = restored
+  elif pretrained.requested(config):  # a fresh run: start from config.init's weights
+    state = dict(state, params=pretrained.load_initial_params(
+        config, setup.abstract_state["params"], state["params"]))
   start = int(state["step"])
 
   # Update step.

@@ -117,6 +117,51 @@ def test_generation_batch_rounds_up_to_the_batch_shards():
   assert cfg.max_new_tokens <= config.model.report.max_positions - (25 + 1 + 16)
 
 
+POD_CONFIGS = {"tpu_v5e_256": "v5e:16x16", "tpu_v5p_128": "v5p:4x4x4",
+               "tpu_v4_64": "v4:2x4x4", "gpu_8xh200": "h200:1x1x8"}
+
+
+@pytest.mark.parametrize("name", sorted(POD_CONFIGS))
+def test_pod_configs(name):
+  """Paper model, bf16 compute / fp32 params, a mesh that fills the target, a batch that
+  divides over the batch shards, and the launch + AOT commands in the docstring."""
+  import importlib
+  from ssacl_jax import config_lib, sharding
+  module = importlib.import_module(f"configs.{name}")
+  config = module.get_config()
+  config_lib.validate(config)
+  base = config_lib.base_config()
+  assert config.model.encoder == base.model.encoder and config.model.report == base.model.report
+  assert (config.model.dtype, config.model.param_dtype) == ("bfloat16", "float32")
+  target = aot.parse_topology(POD_CONFIGS[name])
+  data, fsdp, tensor = sharding.resolve_mesh_shape(config.mesh.shape, target.num_devices)
+  assert config.train.global_batch_size % (data * fsdp) == 0
+  assert f"python -m ssacl_jax.aot --config configs/{name}.py --topology {target.name}" in (
+      module.__doc__)
+  assert "launch/" in module.__doc__
+  variant = module.get_config("batch=512,remat,fp32,tensor=2")
+  assert variant.train.global_batch_size == 512 and variant.model.remat
+  assert variant.model.dtype == "float32" and variant.mesh.shape[2] == 2
+
+
+@pytest.mark.parametrize("name", ["tpu_v5e_256", "tpu_v5p_128", "tpu_v4_64"])
+def test_pod_config_meshes_fit_the_physical_topology(name):
+  """jax.make_mesh needs every mesh axis to be a product of physical torus axes."""
+  if not HAS_LIBTPU:
+    pytest.skip(NO_LIBTPU)
+  import importlib
+  code = (f"import jax; from ssacl_jax import aot; from configs import {name} as m\n"
+          f"t = aot.parse_topology({POD_CONFIGS[name]!r}); aot.quiet_libtpu(t)\n"
+          "mesh = aot.make_mesh(m.get_config(), aot.target_devices(t))\n"
+          "print(dict(mesh.shape))")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                        text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert f"'fsdp': {config.mesh.shape[1]}" in proc.stdout
+
+
 # ----------------------------------------------------------------------------- the command
 def test_aot_cpu_devices_train_and_generate(tmp_path):
   """The full lower/compile/report path on 4 fake CPU devices, fsdp 2 x data 2."""
@@ -145,6 +190,13 @@ def test_aot_does_not_fit_exits_with_the_numbers():
   assert step["out_of_memory"]["capacity_bytes"] == 1_000_000
   assert step["out_of_memory"]["used_bytes"] == step["memory"]["total_bytes"] > 1_000_000
   assert "generate: DOES NOT FIT" in stdout and "DOES NOT FIT" in stdout.splitlines()[-2]
+
+
+def test_aot_usage_errors_exit_2():
+  code, _, report = run_aot("--config", TINY, "--topology", "v5e")
+  assert code == 2 and report is None
+  code, _, report = run_aot("--config", TINY, "--topology", "b300:1x1x8")   # no target config
+  assert code == 2 and report is None
 
 
 def test_aot_tiny_on_a_small_tpu_topology():

@@ -1,0 +1,448 @@
+"""One training step of SS-ACL: compile time, step time, throughput, memory, FLOPs, MFU.
+
+  python bench/train_step.py --config configs/demo.py --batch 8 --steps 5
+  python bench/train_step.py --config configs/ssacl_vitb16.py --batch 4 --json OUT.json
+  python bench/train_step.py --config configs/ssacl_vitb16.py:bf16 --batch 32   # on a GPU
+
+The state comes from train.setup_state on a mesh of --devices devices (default 1:
+config.mesh.shape = (1, 1, 1); N > 1: (N, 1, 1) data parallel, on CPU through
+--xla_force_host_platform_device_count=N). The batch has the shapes of ssacl.dummy_batch
+with random images and token ids. The step is train.make_train_step jitted as the trainer
+jits it (state donated), lowered and compiled ahead of the timed calls.
+
+Reported: lower/compile seconds; the median step time over --steps timed steps after
+--warmup (like the PyTorch peer, a step during which other processes used >= 0.2 cores is
+repeated, up to 3x --steps attempts, and the clean-only median is given too); examples/s;
+process peak RSS (getrusage) and the compiled program's memory_analysis() (arguments,
+temps, outputs); FLOPs per step from compiled.cost_analysis() and from `hand_flops` (matmul
+FLOPs counted from the shapes, x3 for forward + backward) and their ratio; MFU of both
+against the device peak: on CPU a jitted 2048^3 float32 matmul measured in this run, on
+GPU/TPU the datasheet dense bf16 figure. During the timed steps a sampler records this
+process's CPU use (cores) and each core's busy fraction (does a core sit idle?).
+
+JAX_PLATFORMS defaults to cpu (set it to cuda/tpu to time an accelerator). Prints one JSON
+document; --json also writes it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Datasheet dense bf16 peaks (FLOP/s per chip) for MFU off the CPU.
+DATASHEET_PEAK = (("h200", 989e12), ("h100", 989e12), ("a100", 312e12),
+                  ("tpu v5 lite", 197e12), ("tpu v5e", 197e12), ("tpu v5p", 459e12),
+                  ("tpu v5", 459e12), ("tpu v6", 918e12), ("tpu v4", 275e12))
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--config", default="configs/demo.py",
+                 help="config file, optionally with variants (configs/ssacl_vitb16.py:bf16)")
+  p.add_argument("--batch", type=int, default=0, help="global batch (0: the config's)")
+  p.add_argument("--steps", type=int, default=5, help="timed steps (>= 5 recommended)")
+  p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
+  p.add_argument("--devices", type=int, default=1,
+                 help="devices in the (data) mesh; on CPU forces this many host devices")
+  p.add_argument("--mesh", default="", help="explicit mesh shape 'd,f,t' (overrides --devices')")
+  p.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="config override, e.g. --set model.remat=True (repeatable)")
+  p.add_argument("--quiet_wait", type=float, default=120.0,
+                 help="before each timed step wait up to this many s for other processes to "
+                      "use < 0.3 cores (0: off)")
+  p.add_argument("--max_attempts_factor", type=int, default=3,
+                 help="repeat steps disturbed by other processes (>= 0.2 cores), at most this "
+                      "factor x --steps attempts")
+  p.add_argument("--wait_load", type=float, default=0.0,
+                 help="before anything, wait until the 1-min load average is below this (0: off)")
+  p.add_argument("--wait_load_max_s", type=float, default=1200.0)
+  p.add_argument("--peak", default="auto",
+                 help="peak FLOP/s for MFU: 'auto' (CPU: measured matmul, else datasheet), "
+                      "'measure', or a number")
+  p.add_argument("--profile_dir", default="",
+                 help="trace one extra step with jax.profiler into this folder")
+  p.add_argument("--dump_hlo", default="",
+                 help="write the compiled step's optimized HLO text to this file")
+  p.add_argument("--json", default="")
+  return p.parse_args(argv)
+
+
+ARGS = parse_args()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if os.environ["JAX_PLATFORMS"].startswith("cpu") and ARGS.devices > 1:
+  _flags += f" --xla_force_host_platform_device_count={ARGS.devices}"
+if ARGS.xla_flags:
+  _flags += " " + ARGS.xla_flags
+if _flags.strip():
+  os.environ["XLA_FLAGS"] = _flags.strip()
+
+from bench import benchlib  # noqa: E402
+
+if ARGS.wait_load > 0:
+  LOAD_WAIT = benchlib.wait_for_load(ARGS.wait_load, ARGS.wait_load_max_s)
+else:
+  LOAD_WAIT = {"load1": round(os.getloadavg()[0], 2), "waited_s": 0.0, "quiet": None}
+
+import ast  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from ssacl_jax import anatomy, sharding, train  # noqa: E402
+from ssacl_jax.models import ssacl  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- FLOPs by hand
+def block_flops(tokens: int, width: int, mlp: int) -> int:
+  """Matmul FLOPs of one transformer block on one sequence (forward).
+
+  q, k, v, out projections 4 x 2TD^2; MLP 2 x 2TDM; scores QK^T 2T^2D; weights x V 2T^2D.
+  """
+  t, d, m = tokens, width, mlp
+  return 8 * t * d * d + 4 * t * d * m + 4 * t * t * d
+
+
+def stack_flops(n_seqs: int, tokens: int, cfg) -> int:
+  return n_seqs * cfg.depth * block_flops(tokens, cfg.width, cfg.mlp_dim)
+
+
+def hand_flops(config, batch: int, *, release: bool = False, release_prompt_frac: float = 0.5,
+               release_dead_mlm: bool = False) -> dict:
+  """Matmul FLOPs of one SS-ACL training step, counted from the shapes.
+
+  Forward pieces (per step, B = batch), in FLOPs (2 per multiply-add):
+    encoder: 3 passes (MAE 1 + n_keep tokens; unmasked with G graph queries G + 1 + N;
+      masked with graph queries G + 1 + n_keep) + 3 patch embeddings of N patches
+      (a 4th pass K + 1 + N when model.share_unmasked_pass is False);
+    image decoder: MAE on 1 + N tokens (embed on 1 + n_keep, head on 1 + N); L_ar on
+      P = 7 sequences of 1 + MAX_CHILDREN tokens and 7 of 1 token (head on token 0);
+    text encoder: B reports x text_len tokens + K leaf names x anatomy_len, pooler,
+      the leaf-query and image->text projections;
+    report decoder: the K + 1 + N prefix projection, GPT-2 blocks on
+      K + 1 + N + decoder_len tokens, logits on decoder_len x vocab;
+    losses: the [B, B, K, K] consistency similarities and the [B, B] contrast.
+  The step is counted as 3x the forward (backward = 2x forward), the usual convention,
+  except for work no gradient reaches (the stop-gradient parent branch of L_ar), counted
+  once; elementwise work (softmax, norms, GELU, AdamW) is not counted.
+
+  release=True counts the official code's shapes instead (what the PyTorch peer runs): 4
+  encoder passes, anatomy names padded to 100 tokens, the GPT-2 sequence K + 1 + N +
+  100 report tokens (+ a 15-token prompt with probability release_prompt_frac) with
+  logits on every position, the unmasked graph-query pass forward only (it feeds only the
+  detached parent branch), and optionally the dead MLM head (30000 words) on every
+  text-encoder call (forward only). This reproduces the peer's stated 2,611 GFLOP at
+  batch 4 (with the MLM head) within 1%.
+  """
+  m, d = config.model, config.data
+  b = batch
+  n = (m.image_size // m.patch) ** 2
+  n_keep = int(n * (1 - m.mask_ratio))
+  patch_dim = m.patch * m.patch * m.channels
+  g, k, p = anatomy.NUM_NODES, anatomy.NUM_LEAVES, anatomy.NUM_PARENTS
+  e, dec, txt, rep = m.encoder, m.image_decoder, m.text, m.report
+  out = {}
+
+  # Image encoder.
+  passes = [1 + n_keep, g + 1 + n, g + 1 + n_keep]
+  if release or not m.share_unmasked_pass:
+    passes.append(k + 1 + n)
+  out["encoder"] = (len(passes) * b * 2 * n * patch_dim * e.width
+                    + sum(stack_flops(b, t, e) for t in passes))
+  # Work no gradient flows through (forward only): the parent branch of L_ar, and in the
+  # release the whole unmasked graph-query pass, which feeds only that detached branch.
+  no_grad = 0
+  if release:
+    no_grad += b * 2 * n * patch_dim * e.width + stack_flops(b, g + 1 + n, e)
+
+  # Image decoder: MAE reconstruction and anatomy reconstruction (token 0 only at the head).
+  mae = (b * 2 * (1 + n_keep) * e.width * dec.width + stack_flops(b, 1 + n, dec)
+         + b * 2 * (1 + n) * dec.width * patch_dim)
+  seq = 1 + anatomy.MAX_CHILDREN
+  ar = (b * p * 2 * seq * e.width * dec.width + stack_flops(b * p, seq, dec)
+        + b * p * 2 * dec.width * patch_dim)
+  parent = b * p * 2 * e.width * dec.width + stack_flops(b * p, 1, dec) + b * p * 2 * dec.width * patch_dim
+  no_grad += parent
+  out["image_decoder"] = mae + ar + parent
+
+  # Text encoder (+ projections around it).
+  anat_len = 100 if release else d.anatomy_len
+  text = stack_flops(b, d.text_len, txt) + stack_flops(k, anat_len, txt)
+  text += (b + k) * 2 * txt.width * txt.width                   # pooler
+  text += k * 2 * txt.width * e.width + b * 2 * e.width * txt.width
+  out["text_encoder"] = text
+  dead_mlm = 0
+  if release and release_dead_mlm:
+    tokens = b * d.text_len + k * anat_len
+    dead_mlm = tokens * (2 * txt.width * txt.width + 2 * txt.width * txt.vocab_size)
+
+  # Report decoder.
+  prefix = k + 1 + n
+  if release:
+    report_tokens = 100
+    lens = [(prefix + report_tokens + 15, release_prompt_frac),
+            (prefix + report_tokens, 1 - release_prompt_frac)]
+    lm = sum(w * (stack_flops(b, t, rep) + b * 2 * t * rep.width * rep.vocab_size)
+             for t, w in lens)
+  else:
+    t = prefix + d.decoder_len
+    lm = stack_flops(b, t, rep) + b * 2 * d.decoder_len * rep.width * rep.vocab_size
+  out["report_decoder"] = int(b * 2 * prefix * e.width * rep.width + lm)
+
+  out["losses"] = 2 * b * b * k * k * e.width + 2 * b * b * txt.width
+  forward = sum(out.values())
+  result = {f"{name}_fwd": v for name, v in out.items()}
+  result["forward"] = forward
+  result["no_grad_fwd"] = no_grad
+  result["step"] = 3 * forward - 2 * no_grad + dead_mlm
+  if dead_mlm:
+    result["dead_mlm_fwd"] = dead_mlm
+  return result
+
+
+# ----------------------------------------------------------------------------- peak
+def measured_matmul_peak(n: int = 2048, reps: int = 10) -> dict:
+  """FLOP/s of a jitted n^3 float32 matmul (median of reps) on the default device."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  med = statistics.median(times)
+  return {"flops_per_s": 2 * n ** 3 / med, "source": f"measured {n}^3 f32 matmul, median of {reps}",
+          "best_flops_per_s": 2 * n ** 3 / min(times)}
+
+
+def device_peak(spec: str) -> dict:
+  kind = jax.devices()[0].device_kind
+  platform = jax.default_backend()
+  if spec not in ("auto", "measure"):
+    return {"flops_per_s": float(spec), "source": "--peak"}
+  if spec == "auto" and platform != "cpu":
+    for name, peak in DATASHEET_PEAK:
+      if name in kind.lower():
+        return {"flops_per_s": peak, "source": f"datasheet dense bf16 ({kind})"}
+  return measured_matmul_peak()
+
+
+# ----------------------------------------------------------------------------- inputs
+def random_inputs(config, batch: int, seed: int = 0):
+  """(batch dict, anatomy ids, anatomy mask): dummy_batch shapes, random values."""
+  rng = np.random.default_rng(seed)
+  m, d = config.model, config.data
+  out = {k: np.array(v) for k, v in ssacl.dummy_batch(config, batch).items()}
+  out["image"] = rng.standard_normal(out["image"].shape).astype(np.float32)
+
+  def tokens(n, length, vocab, lo, hi):
+    ids = rng.integers(5, vocab, (n, length)).astype(np.int32)
+    lens = rng.integers(min(lo, length), min(hi, length) + 1, n)
+    mask = (np.arange(length)[None] < lens[:, None]).astype(np.int32)
+    return ids * mask, mask
+
+  out["text_ids"], out["text_mask"] = tokens(batch, d.text_len, m.text.vocab_size, 30, 70)
+  out["dec_ids"], out["dec_mask"] = tokens(batch, d.decoder_len, m.report.vocab_size,
+                                           d.decoder_len - 15, d.decoder_len)
+  out["dec_mask"][0] = 1                             # the longest report sets the padding
+  out["dec_loss_mask"] = out["dec_mask"].astype(np.float32)
+  out["leaf_mask"] = (rng.random((batch, anatomy.NUM_LEAVES)) < 0.5).astype(np.int32)
+  ids, mask = tokens(anatomy.NUM_LEAVES, d.anatomy_len, m.text.vocab_size, 3, 7)
+  return out, ids, mask
+
+
+def apply_overrides(config, items):
+  for item in items:
+    field, _, raw = item.partition("=")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    node = config
+    *parents, last = field.split(".")
+    for name in parents:
+      node = node[name]
+    node[last] = value
+
+
+def memory_figures(compiled) -> dict:
+  ma = compiled.memory_analysis()
+  if ma is None:
+    return {}
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+            "alias_size_in_bytes", "generated_code_size_in_bytes")
+  out = {f.replace("_size_in_bytes", "_bytes"): int(getattr(ma, f, 0) or 0) for f in fields}
+  out["temp_plus_argument_bytes"] = out["temp_bytes"] + out["argument_bytes"]
+  out["temp_plus_argument_gib"] = round(out["temp_plus_argument_bytes"] / benchlib.GIB, 3)
+  return out
+
+
+def cost_figures(compiled) -> dict:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost:
+    return {}
+  return {"flops": float(cost.get("flops", 0.0)),
+          "transcendentals": float(cost.get("transcendentals", 0.0)),
+          "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+
+
+# ----------------------------------------------------------------------------- main
+def main():
+  a = ARGS
+  machine = benchlib.machine()
+  config = benchlib.load_config(a.config)
+  apply_overrides(config, a.set)
+  if a.batch:
+    config.train.global_batch_size = a.batch
+  batch_size = config.train.global_batch_size
+  n_dev = a.devices
+  config.mesh.shape = (tuple(int(x) for x in a.mesh.split(",")) if a.mesh
+                       else (n_dev, 1, 1))
+  devices = jax.devices()[:int(np.prod(config.mesh.shape))]
+  mesh = sharding.make_mesh(config, devices)
+  jax.set_mesh(mesh)
+
+  model = ssacl.build_model(config.model)
+  batch_np, ids_np, mask_np = random_inputs(config, batch_size)
+  t0 = time.perf_counter()
+  setup = train.setup_state(config, model, mesh, (ids_np, mask_np))
+  state = setup.init_fn(jax.random.key(config.train.seed))
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t0
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+
+  batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
+  replicated = NamedSharding(mesh, P())
+  batch = jax.device_put(batch_np, batch_sharding)
+  ids, mask = jax.device_put((ids_np, mask_np), replicated)
+  key = jax.device_put(jax.random.key(config.train.seed), replicated)
+  step = jax.jit(train.make_train_step(config, setup),
+                 in_shardings=(setup.shardings, batch_sharding, replicated, replicated,
+                               replicated),
+                 out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
+  rss_before_compile = benchlib.current_rss_bytes()
+  t0 = time.perf_counter()
+  lowered = step.lower(state, batch, ids, mask, key)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  lower_s, compile_s = t1 - t0, t2 - t1
+  peak_after_compile = benchlib.peak_rss_bytes()
+  memory = memory_figures(compiled)
+  cost = cost_figures(compiled)
+  if a.dump_hlo:
+    pathlib.Path(a.dump_hlo).write_text(compiled.as_text())
+  del lowered
+
+  def run_step(s):
+    s, metrics = compiled(s, batch, ids, mask, key)
+    jax.block_until_ready((s, metrics))
+    return s, metrics
+
+  # Warm-up, then timed steps until `steps` ran undisturbed (or the attempts ran out).
+  recs = []
+  sampler = benchlib.CpuSampler(0.2)
+  it = 0
+  while (it < a.warmup
+         or (sum(r["other_cores"] < 0.2 for r in recs if not r["warmup"]) < a.steps
+             and it < a.warmup + max(1, a.max_attempts_factor) * a.steps)):
+    warm = it < a.warmup
+    pre = benchlib.wait_quiet(a.quiet_wait) if not warm and a.quiet_wait > 0 else None
+    if not warm and sampler._thread is None:
+      sampler.__enter__()
+    s0, t0 = benchlib.cpu_snapshot(), time.perf_counter()
+    state, metrics = run_step(state)
+    dt = time.perf_counter() - t0
+    s1 = benchlib.cpu_snapshot()
+    rec = {"step": it, "warmup": warm, "total_s": round(dt, 4),
+           "cpu_util": round((s1[1] - s0[1]) / dt, 3),
+           "other_cores": round(benchlib.other_cores(s0, s1, dt), 3),
+           "other_cores_before": None if pre is None else round(pre, 3),
+           "per_core_busy": [round((b - c) / dt, 3) for c, b in zip(s0[2], s1[2])],
+           "loss": round(float(metrics["loss"]), 4), "load1": round(os.getloadavg()[0], 2)}
+    recs.append(rec)
+    print(rec, file=sys.stderr, flush=True)
+    it += 1
+  if sampler._thread is not None:
+    sampler.__exit__(None, None, None)
+  if not np.isfinite(recs[-1]["loss"]):
+    raise FloatingPointError(f"non-finite loss: {recs[-1]}")
+
+  profile = None
+  if a.profile_dir:
+    jax.profiler.start_trace(a.profile_dir, create_perfetto_trace=True)
+    state, metrics = run_step(state)
+    jax.profiler.stop_trace()
+    profile = a.profile_dir
+
+  device_peak_gib = None
+  if jax.default_backend() != "cpu":
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      device_peak_gib = round(stats["peak_bytes_in_use"] / benchlib.GIB, 3)
+
+  timed = [r for r in recs if not r["warmup"]]
+  clean = [r["total_s"] for r in timed if r["other_cores"] < 0.2]
+  med = statistics.median(r["total_s"] for r in timed)
+  med_clean = statistics.median(clean) if clean else None
+  step_s = med_clean or med
+  hand = hand_flops(config, batch_size)
+  xla_flops = cost.get("flops") if cost else None
+  if xla_flops is not None and len(devices) > 1:
+    xla_flops *= len(devices)   # cost_analysis is per device (SPMD program)
+  peak = device_peak(a.peak)
+  peak_total = peak["flops_per_s"] * (len(devices) if jax.default_backend() != "cpu" else 1)
+
+  report = {
+      "bench": "train_step", "config": a.config, "overrides": a.set, "batch": batch_size,
+      "dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
+      "remat": config.model.remat, "backend": jax.default_backend(),
+      "device_kind": jax.devices()[0].device_kind, "devices": len(devices),
+      "mesh": dict(mesh.shape), "jax": jax.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "params": n_params,
+      "machine": machine, "load_wait": LOAD_WAIT,
+      "init_s": round(init_s, 2), "lower_s": round(lower_s, 2), "compile_s": round(compile_s, 2),
+      "steps": a.steps, "warmup": a.warmup,
+      "median_step_s": round(med, 4),
+      "median_step_s_clean": None if med_clean is None else round(med_clean, 4),
+      "n_clean": len(clean), "step_s_all": [r["total_s"] for r in timed],
+      "examples_per_s": round(batch_size / step_s, 4),
+      "peak_rss_gib": round(benchlib.peak_rss_bytes() / benchlib.GIB, 3),
+      "peak_rss_gib_after_compile": round(peak_after_compile / benchlib.GIB, 3),
+      "rss_gib_before_compile": round(rss_before_compile / benchlib.GIB, 3),
+      "rss_gib_end": round(benchlib.current_rss_bytes() / benchlib.GIB, 3),
+      "device_peak_gib": device_peak_gib,
+      "compiled_memory": memory,
+      "xla_flops_per_step": xla_flops,
+      "xla_transcendentals": cost.get("transcendentals"),
+      "hand_flops_per_step": hand["step"],
+      "hand_flops_breakdown_fwd": {k: v for k, v in hand.items() if k.endswith("_fwd")},
+      "release_hand_flops_per_step": hand_flops(config, batch_size, release=True)["step"],
+      "xla_over_hand": None if not xla_flops else round(xla_flops / hand["step"], 4),
+      "peak": {**peak, "flops_per_s_all_devices": peak_total},
+      "mfu_hand": round(hand["step"] / step_s / peak_total, 4),
+      "mfu_xla": None if not xla_flops else round(xla_flops / step_s / peak_total, 4),
+      "achieved_tflops_hand": round(hand["step"] / step_s / 1e12, 4),
+      "cpu_sampler": sampler.summary(),
+      "mean_cpu_util": round(statistics.mean(r["cpu_util"] for r in timed), 3),
+      "profile_dir": profile,
+      "records": recs,
+  }
+  print(benchlib.write_json(a.json, report))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,105 @@
+"""Evaluation entry, pathology head and prediction on a tiny trained workdir."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ssacl_jax import anatomy, evaluate, pathology_head, train
+from test_train import config_for
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def eval_config(data_dir):
+  c = config_for(data_dir, num_steps=4)
+  c.eval.decode.max_new_tokens = 10
+  c.eval.decode.min_new_tokens = 2
+  c.eval.batch_size = 8
+  c.eval.num_report_card = 3
+  c.head.steps = 30
+  return c
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("trained")
+  config = eval_config(tiny_data_dir)
+  train.train_and_evaluate(config, str(workdir))
+  head_metrics = pathology_head.train_head(config, str(workdir))
+  return config, workdir, head_metrics
+
+
+def test_pathology_head_is_saved_with_thresholds(trained):
+  _, workdir, head_metrics = trained
+  head = pathology_head.load_head(workdir)
+  assert head["w"].shape[1] == anatomy.NUM_PATHOLOGIES
+  assert head["thresholds"].shape == (anatomy.NUM_PATHOLOGIES,)
+  assert 0.0 <= head_metrics["val_micro_f1"] <= 1.0
+
+
+def test_eval_writes_reports_metrics_heatmaps_and_card(trained):
+  config, workdir, _ = trained
+  metrics = evaluate.evaluate(config, str(workdir))
+  out = workdir / "eval" / "test"
+  rows = [json.loads(l) for l in (out / "reports.jsonl").read_text().splitlines()]
+  assert len(rows) == metrics["examples"] == 8
+  assert {"generated", "reference", "predicted_pathologies", "predicted_regions",
+          "labels_generated", "labels_reference"} <= set(rows[0])
+  assert all(len(r["labels_reference"]) == 14 for r in rows)
+  saved = json.loads((out / "metrics.json").read_text())
+  for key in ("language/BLEU_4", "language/METEOR", "language/ROUGE_L", "language/CIDEr",
+              "clinical/micro14/f1", "clinical/micro5/f1", "clinical/example/f1",
+              "baseline_most_frequent/language/BLEU_4", "pathology_head/auroc_mean",
+              "grounding/leaves/ours/miou", "grounding/leaves/random/miou",
+              "grounding/leaves/cls_attention/pointing_game", "grounding/findings/ours/cnr",
+              "zero_shot/auroc_mean", "retrieval/recall@1", "retrieval/mrr"):
+    assert key in saved, key
+  # the most frequent training report, scored against itself where it occurs, is a real baseline
+  assert 0 <= saved["baseline_most_frequent/language/BLEU_1"] <= 1
+  assert len(list((out / "heatmaps").glob("*.png"))) == 3 * len(anatomy.REGIONS)
+  card = (out / "report_card.html").read_text()
+  assert "language/BLEU_4" in card and rows[0]["study_id"] in card
+
+
+def test_oracle_labels_option_uses_the_reference_labels(trained):
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  config.eval.pathology_source = evaluate.ORACLE
+  config.eval.max_examples = 4
+  evaluate.evaluate(config, str(workdir))
+  rows = [json.loads(l) for l in (workdir / "eval" / "test" / "reports.jsonl").read_text().splitlines()]
+  assert len(rows) == 4
+  for r in rows:
+    assert r["predicted_pathologies"] == list(anatomy.positive_pathologies(r["labels_dataset"]))
+  assert any(r["predicted_pathologies"] for r in rows)
+
+
+def test_predict_on_real_radiographs(trained, shared_data, tmp_path):
+  _, workdir, _ = trained
+  images = sorted((shared_data / "real_cxr" / "cc_by").glob("*.jpg"))[:2]
+  images += sorted((shared_data / "real_cxr" / "cc_by").glob("*.png"))[:1]
+  images += sorted((shared_data / "real_cxr" / "nih").glob("*.png"))[:1]
+  cmd = [sys.executable, "-m", "ssacl_jax.predict", "--workdir", str(workdir), "--out", str(tmp_path),
+         "--phrase", "left pleural effusion"] + [f"--image={p}" for p in images]
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env={**__import__("os").environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.count("report:") == len(images)
+  for image in images:
+    result = json.loads((tmp_path / image.stem / "prediction.json").read_text())
+    assert isinstance(result["report"], str) and result["pathology_head"]
+    assert len(result["heatmaps"]) == len(anatomy.REGIONS) + 1
+    assert (tmp_path / image.stem / "index.html").is_file()
+
+
+def test_predict_rejects_a_corrupt_image(trained, tmp_path):
+  from ssacl_jax import predict
+  bad = tmp_path / "bad.png"
+  bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+  with pytest.raises(ValueError, match="cannot read this image"):
+    predict.load_image(bad)
+  with pytest.raises(FileNotFoundError):
+    predict.load_image(tmp_path / "missing.png")
