@@ -70,6 +70,9 @@ def parse_args(argv=None):
                  help="trace one extra step with jax.profiler into this folder")
   p.add_argument("--dump_hlo", default="",
                  help="write the compiled step's optimized HLO text to this file")
+  p.add_argument("--compile_only", action="store_true",
+                 help="lower and compile from the abstract state (nothing allocated); report "
+                      "compile time, memory_analysis and FLOPs only")
   p.add_argument("--json", default="")
   return p.parse_args(argv)
 
@@ -300,6 +303,42 @@ def cost_figures(compiled) -> dict:
 
 
 # ----------------------------------------------------------------------------- main
+def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine):
+  """Compile from ShapeDtypeStructs; report compile time, memory and FLOPs."""
+  setup = train.setup_state(config, model, mesh, (ids_np, mask_np))
+  batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
+  replicated = NamedSharding(mesh, P())
+  sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+  batch = {k: sds(v, batch_sharding) for k, v in batch_np.items()}
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  step = jax.jit(train.make_train_step(config, setup),
+                 in_shardings=(setup.shardings, batch_sharding, replicated, replicated,
+                               replicated),
+                 out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
+  t0 = time.perf_counter()
+  lowered = step.lower(setup.abstract_state, batch, sds(ids_np, replicated),
+                       sds(mask_np, replicated), jax.ShapeDtypeStruct(key.shape, key.dtype))
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  if a.dump_hlo:
+    pathlib.Path(a.dump_hlo).write_text(compiled.as_text())
+  cost = cost_figures(compiled)
+  hand = hand_flops(config, config.train.global_batch_size)
+  report = {
+      "bench": "train_step_compile_only", "config": a.config, "overrides": a.set,
+      "batch": config.train.global_batch_size, "dtype": config.model.dtype,
+      "remat": config.model.remat, "backend": jax.default_backend(),
+      "devices": mesh.size, "xla_flags": os.environ.get("XLA_FLAGS", ""), "machine": machine,
+      "lower_s": round(t1 - t0, 2), "compile_s": round(t2 - t1, 2),
+      "compiled_memory": memory_figures(compiled),
+      "xla_flops_per_step": cost.get("flops"), "hand_flops_per_step": hand["step"],
+      "xla_over_hand": round(cost["flops"] / hand["step"], 4) if cost.get("flops") else None,
+      "peak_rss_gib": round(benchlib.peak_rss_bytes() / benchlib.GIB, 3),
+  }
+  print(benchlib.write_json(a.json, report))
+
+
 def main():
   a = ARGS
   machine = benchlib.machine()
@@ -317,6 +356,8 @@ def main():
 
   model = ssacl.build_model(config.model)
   batch_np, ids_np, mask_np = random_inputs(config, batch_size)
+  if a.compile_only:
+    return compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine)
   t0 = time.perf_counter()
   setup = train.setup_state(config, model, mesh, (ids_np, mask_np))
   state = setup.init_fn(jax.random.key(config.train.seed))

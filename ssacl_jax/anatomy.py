@@ -5,7 +5,8 @@ observations, or fixes their order. Everything else asks it.
 
 Node order: the reference pre-order walk that lists a node's children before
 descending into them (chest, lungs, mediastinum, skeletal structures, abdomen,
-right lung, left lung, ...). Checkpoints record `GRAPH_VERSION` and `NODES`.
+right lung, left lung, ...). Leaf order: the release's depth-first walk. Checkpoints
+record `GRAPH_VERSION` and `NODES`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-GRAPH_VERSION = "ssacl-anatomy-v1"
+GRAPH_VERSION = "ssacl-anatomy-v2"
 
 _ZONES = ("upper lung zone", "mid lung zone", "lower lung zone", "hilar structures",
           "apical zone", "costophrenic angle", "hemidiaphragm")
@@ -47,9 +48,18 @@ def _breadth_first_preorder() -> tuple[str, ...]:
   return tuple(order)
 
 
+def _depth_first_leaves(node: str = ROOT) -> tuple[str, ...]:
+  if node not in CHILDREN:
+    return (node,)
+  return tuple(leaf for kid in CHILDREN[node] for leaf in _depth_first_leaves(kid))
+
+
 NODES: tuple[str, ...] = _breadth_first_preorder()
 PARENTS: tuple[str, ...] = tuple(n for n in NODES if n in CHILDREN)
-LEAVES: tuple[str, ...] = tuple(n for n in NODES if n not in CHILDREN)
+# Leaves in the release's depth-first order (right lung zones, left lung zones, mediastinum
+# ..., abdomen last): it fixes each leaf query's place in the report decoder's prefix, so
+# imported release weights see their leaves where they were trained.
+LEAVES: tuple[str, ...] = _depth_first_leaves()
 NODE_INDEX = {n: i for i, n in enumerate(NODES)}
 LEAF_INDEX = {n: i for i, n in enumerate(LEAVES)}
 PARENT_OF = {kid: parent for parent, kids in CHILDREN.items() for kid in kids}

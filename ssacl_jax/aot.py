@@ -162,8 +162,11 @@ def parse_resource_exhausted(message: str) -> dict:
   """The figures of an XLA out-of-memory compile error (whatever of them it holds)."""
   out = {}
   patterns = {
-      "used_bytes": r"Used\s+(\S+)\s+of\s+\S+\s+hbm",
-      "capacity_bytes": r"Used\s+\S+\s+of\s+(\S+)\s+hbm",
+      # "Used 20.52G of 15.75G hbm. Exceeded hbm capacity by 4.77G." (program too large)
+      # "the total memory required for HLO temporaries (118.39G) exceeds available HBM
+      #  (15.75G)." (temporaries alone too large)
+      "used_bytes": r"(?:Used\s+(\S+)\s+of\s+\S+\s+hbm|required for [^(]*\((\S+?)\))",
+      "capacity_bytes": r"(?:Used\s+\S+\s+of\s+(\S+)\s+hbm|exceeds available HBM \((\S+?)\))",
       "exceeded_by_bytes": r"Exceeded hbm capacity by\s+(\S+?)\.?(?:\s|$)",
       "total_usage_bytes": r"Total hbm usage >=\s*(\S+?):",
       "program_bytes": r"\n\s*program\s+(\S+)",
@@ -172,11 +175,14 @@ def parse_resource_exhausted(message: str) -> dict:
   }
   for key, pattern in patterns.items():
     found = re.search(pattern, message)
-    if found:
+    text = next((g for g in found.groups() if g), None) if found else None
+    if text:
       try:
-        out[key] = parse_size(found.group(1).rstrip("."))
+        out[key] = parse_size(text.rstrip("."))
       except ValueError:
         pass
+  if "used_bytes" in out and "capacity_bytes" in out:
+    out.setdefault("exceeded_by_bytes", out["used_bytes"] - out["capacity_bytes"])
   return out
 
 
@@ -361,6 +367,7 @@ def compile_report(lowered, num_devices: int, memory_limit: int | None,
     if not is_out_of_memory(message):
       raise
     return {"fits": False, "error": message.strip().splitlines()[0][:500],
+            "message": message.strip()[:4000],
             "out_of_memory": parse_resource_exhausted(message),
             "compile_seconds": round(time.time() - start, 1)}
   report = {"fits": True, "compile_seconds": round(time.time() - start, 1),

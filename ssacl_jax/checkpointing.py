@@ -14,12 +14,10 @@ the rest keep their fresh initialisation.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import pathlib
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
@@ -95,7 +93,7 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator=None, metrics=None, meta=None, force=False):
     items = dict(state=ocp.args.PyTreeSave(state),
-                 meta=ocp.args.JsonSave(dict(step=int(step), anatomy_nodes=list(anatomy.NODES),
+                 meta=ocp.args.JsonSave(dict(step=int(step), anatomy_nodes=list(anatomy.NODES), anatomy_leaves=list(anatomy.LEAVES),
                                              graph_version=anatomy.GRAPH_VERSION, **(meta or {}))))
     if data_iterator is not None:
       items["data"] = _data_save(data_iterator)
@@ -148,7 +146,10 @@ class Checkpointer:
     items = dict(state=ocp.args.PyTreeRestore(target, restore_args=restore_args,
                                               partial_restore=True))
     if data_iterator is not None and not params_only:
-      items["data"] = _data_restore(data_iterator)
+      if (self.directory / str(step) / "data").is_dir():
+        items["data"] = _data_restore(data_iterator)
+      else:  # e.g. a converted checkpoint: the data stream starts from the beginning
+        logging.warning("checkpoint step %d has no data iterator state", step)
     return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 

@@ -246,3 +246,15 @@ def check_overrides(argv, flag: str = "config") -> None:
         raise ConfigError(f"unknown config key {'.'.join(path)!r} in {arg!r}: {where} has "
                           f"no {key!r}; valid keys there: {', '.join(valid) or '(none)'}")
       node = node[key]
+
+
+def run_app(main) -> None:
+  """absl app.run(main) after checking --config.* overrides (exit 2 naming a bad key)."""
+  import sys
+  from absl import app
+  try:
+    check_overrides(sys.argv)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2)
+  app.run(main)

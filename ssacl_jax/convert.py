@@ -485,7 +485,7 @@ def convert_tensors(kind: str, t: Tensors, model_cfg, report: Report) -> dict:
   raise ConversionError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
 
 
-def _shape_hints(tree: dict, abstract: dict, model_cfg) -> list[str]:
+def _shape_hints(tree: dict, abstract: dict) -> list[str]:
   hints = []
   for part, section in CONFIG_SECTION.items():
     if part not in tree or not isinstance(tree[part].get("blocks"), dict):
@@ -497,7 +497,7 @@ def _shape_hints(tree: dict, abstract: dict, model_cfg) -> list[str]:
   return hints
 
 
-def check_against_model(tree: dict, abstract: dict, model_cfg) -> tuple[list[str], list]:
+def check_against_model(tree: dict, abstract: dict) -> tuple[list[str], list]:
   """(mismatch messages, missing [(path, shape)]) of converted parts vs the model's params."""
   problems, missing = [], []
   for part, sub in tree.items():
@@ -514,7 +514,7 @@ def check_against_model(tree: dict, abstract: dict, model_cfg) -> tuple[list[str
                         f"{list(have[p].value.shape)}, the model has {list(want[p].shape)}")
     missing += [(name(p), tuple(want[p].shape)) for p in sorted(set(want) - set(have))]
   if problems:
-    problems += _shape_hints(tree, abstract, model_cfg)
+    problems += _shape_hints(tree, abstract)
   return problems, missing
 
 
@@ -576,7 +576,7 @@ def convert(kind: str, src, config, *, parts=None, allow_missing: bool = False,
                 f"part {part} not requested (parts={','.join(parts)})")
   report.parts = tuple(tree)
   abstract = abstract if abstract is not None else abstract_params(config)
-  problems, missing = check_against_model(tree, abstract, config.model)
+  problems, missing = check_against_model(tree, abstract)
   known = {m[0] for m in report.missing}
   missing = [m for m in missing if m[0] not in known]
   report.missing += [(path, shape, "not in the source") for path, shape in missing]
@@ -672,7 +672,7 @@ def run(kind: str, src, config, out, *, parts: str = "", allow_missing: bool = F
 def _cli() -> None:
   """Flags are defined here, not at import, so importing this module defines none."""
   import sys
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
   from ssacl_jax import config_lib
   config_flag = config_flags.DEFINE_config_file("config", None, "configs/X.py[:variants]; "
@@ -699,12 +699,7 @@ def _cli() -> None:
       print(f"error: {e}", file=sys.stderr)
       raise SystemExit(1)
 
-  try:
-    config_lib.check_overrides(sys.argv)
-  except config_lib.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2)
-  app.run(main)
+  config_lib.run_app(main)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import logging
 import pathlib
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -50,4 +50,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from ssacl_jax import config_lib
+  config_lib.run_app(main)

@@ -11,10 +11,10 @@ import logging
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from input_pipeline import pipeline, tokenizers as tok_lib
-from ssacl_jax import checkpointing, data as data_lib, sharding, train
+from ssacl_jax import checkpointing, data as data_lib, pretrained, sharding, train
 from ssacl_jax.models import ssacl
 
 
@@ -40,6 +40,11 @@ def restore(config, workdir, *, step: int | None = None) -> Restored:
   setup = train.setup_state(config, model, mesh, anatomy_tokens)
   ckpt = checkpointing.Checkpointer(workdir, config, read_only=True)
   steps = ckpt.all_steps()
+  if not steps and pretrained.requested(config):  # evaluate imported weights directly
+    fresh = setup.init_fn(jax.random.key(config.train.seed))["params"]
+    params = pretrained.load_initial_params(config, setup.abstract_state["params"], fresh)
+    return Restored(config, mesh, model, params, tokenizers, anatomy_tokens, 0,
+                    NamedSharding(mesh, sharding.batch_spec(config)))
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first "
                             f"(python -m ssacl_jax.main --config ... --workdir {workdir})")

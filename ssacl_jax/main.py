@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variants]).",
@@ -53,12 +52,7 @@ def main(argv):
 
 def run():
   from ssacl_jax import config_lib
-  try:
-    config_lib.check_overrides(sys.argv)
-  except config_lib.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2)
-  app.run(main)
+  config_lib.run_app(main)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ from ml_collections import config_flags
 
 from ssacl_jax.models import ssacl
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
 
 COMPONENTS = ("image_encoder", "image_decoder", "text_encoder", "report_decoder")
 
@@ -40,8 +38,8 @@ def count_by_component(config) -> dict[str, int]:
 
 def main(argv):
   del argv
-  counts = count_by_component(_CONFIG.value)
-  if _JSON.value:
+  counts = count_by_component(flags.FLAGS.config)
+  if flags.FLAGS.json:
     print(json.dumps(counts))
     return
   for name, n in counts.items():
@@ -49,5 +47,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program, so importing this module is safe.
+  config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+  flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
   flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
-import time
 from collections.abc import Callable
 
 import flax.linen as nn

@@ -34,3 +34,13 @@ def tiny_data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("data")
   build.build_dataset(config.data.dataset, str(data_dir), **dict(config.data.builder))
   return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tiny_data_dir, tmp_path_factory):
+  """A 6-step training run of the tiny config (test_train.config_for), never interrupted."""
+  from ssacl_jax import train
+  from test_train import config_for
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  train.train_and_evaluate(config_for(tiny_data_dir), str(workdir))
+  return workdir

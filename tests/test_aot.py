@@ -81,6 +81,11 @@ def test_parse_resource_exhausted():
                  "program_bytes": round(20.52 * g), "arguments_bytes": 0,
                  "reserved_bytes": 530 * 2**20}
   assert not aot.is_out_of_memory("INVALID_ARGUMENT: shapes differ")
+  temporaries = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for "
+                 "HLO temporaries (118.39G) exceeds available HBM (15.75G).")
+  assert aot.parse_resource_exhausted(temporaries) == {
+      "used_bytes": round(118.39 * g), "capacity_bytes": round(15.75 * g),
+      "exceeded_by_bytes": round(118.39 * g) - round(15.75 * g)}
 
 
 def test_collective_stats_counts_ops_and_result_bytes():
@@ -209,6 +214,19 @@ def test_aot_tiny_on_a_small_tpu_topology():
   check_step(report["steps"]["train"])
 
 
+def test_aot_tpu_out_of_memory_is_reported_with_xla_figures():
+  """XLA:TPU's own RESOURCE_EXHAUSTED (1024 tiny examples per 16 GiB chip), parsed."""
+  if not HAS_LIBTPU:
+    pytest.skip(NO_LIBTPU)
+  code, stdout, report = run_aot("--config", f"{TINY}:batch=4096", "--topology", "v5e:2x2")
+  assert code == aot.EXIT_DOES_NOT_FIT, stdout
+  step = report["steps"]["train"]
+  assert step["error"].startswith("RESOURCE_EXHAUSTED")
+  oom = step["out_of_memory"]
+  assert oom["used_bytes"] > oom["capacity_bytes"] > 15 * 2**30
+  assert "train: DOES NOT FIT: RESOURCE_EXHAUSTED" in stdout
+
+
 # ----------------------------------------------------------------------------- pod targets
 @pytest.mark.aot
 @pytest.mark.parametrize("config,topology", [
@@ -244,3 +262,24 @@ def test_paper_config_too_large_a_batch_fails_on_v5e():
   assert code == aot.EXIT_DOES_NOT_FIT, stdout
   oom = report["steps"]["train"]["out_of_memory"]
   assert oom["used_bytes"] > oom["capacity_bytes"]
+
+
+# ----------------------------------------------------------------------------- bench/scaling.py
+def test_scaling_strategies_and_state_bytes():
+  spec = importlib.util.spec_from_file_location("scaling", ROOT / "bench" / "scaling.py")
+  scaling = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(scaling)
+  assert scaling.strategy_mesh("replicated", 4) == (4, 1, 1)
+  assert scaling.strategy_mesh("fsdp", 4) == (1, 4, 1)
+  assert scaling.strategy_mesh("fsdp+tensor", 4) == (1, 2, 2)
+  assert scaling.strategy_mesh("fsdp+tensor", 1) is None
+  config = scaling.load_config(TINY)
+  replicated = scaling.with_strategy(config, "replicated", 4)
+  assert dict(replicated.sharding_rules)["embed"] is None
+  by = {s: scaling.state_bytes(scaling.with_strategy(config, s, 4), 4)
+        for s in scaling.STRATEGIES}
+  one = scaling.state_bytes(scaling.with_strategy(config, "fsdp", 1), 1)
+  assert by["replicated"] == one                       # nothing sharded
+  assert by["fsdp"]["state_bytes"] < one["state_bytes"] / 2
+  assert by["fsdp"]["opt_state_bytes"] > by["fsdp"]["params_bytes"]   # AdamW: 2 moments
+  assert by["fsdp+tensor"]["state_bytes"] < one["state_bytes"] / 2

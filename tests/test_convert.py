@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +26,7 @@ pytest.importorskip("safetensors", reason="parity tests need safetensors (the co
 F = torch.nn.functional
 tnn = torch.nn
 
-from ssacl_jax import anatomy, checkpointing, convert, losses, pretrained  # noqa: E402
+from ssacl_jax import anatomy, checkpointing, convert, pretrained  # noqa: E402
 from ssacl_jax.models import image as image_lib, ssacl  # noqa: E402
 from tiny_config import tiny_config  # noqa: E402
 
@@ -657,3 +656,20 @@ def test_training_starts_from_and_eval_restores_a_converted_release(tiny_data_di
   trained = inference.restore(config, str(workdir)).params
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-7),
                trained, converted)
+
+
+@pytest.mark.slow
+def test_converted_gpt2_checkpoint_gives_only_the_decoder(hf_gpt2, tmp_path):
+  _, gpt, folder = hf_gpt2
+  config = parity_config()
+  out = tmp_path / "gpt2"
+  convert.run("gpt2", folder, config, out)
+  saved = json.loads((out / "config.json").read_text())
+  assert saved["data"]["decoder_tokenizer"] == str(folder.absolute())
+  abstract, fresh = convert.abstract_params(config), fresh_params(config)
+  config.init.checkpoint = str(out)
+  loaded = pretrained.load_initial_params(config, abstract, fresh)
+  np.testing.assert_array_equal(loaded["report_decoder"]["wpe"]["embedding"],
+                                gpt.transformer.wpe.weight.detach().numpy())
+  for part in set(convert.PARTS) - {"report_decoder"}:  # fresh in the file: not taken
+    jax.tree.map(np.testing.assert_array_equal, loaded[part], fresh[part])

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssacl_jax import checkpointing, train
+from ssacl_jax import train
 from tiny_config import tiny_config
 
 
@@ -26,13 +26,6 @@ def config_for(data_dir, **train_fields):
 def read_metrics(workdir):
   lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
   return {r["step"]: r for r in map(json.loads, lines) if "loss" in r}
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_data_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("uninterrupted")
-  train.train_and_evaluate(config_for(tiny_data_dir), str(workdir))
-  return workdir
 
 
 def test_metrics_and_checkpoints_are_written(uninterrupted):
@@ -59,7 +52,6 @@ def test_resume_continues_identically(uninterrupted, tiny_data_dir, tmp_path):
 
 
 def test_non_finite_step_is_refused_and_named(tiny_data_dir):
-  from jax.sharding import NamedSharding
   from ssacl_jax import sharding
   from ssacl_jax.models import ssacl
   from test_model import random_batch
@@ -77,3 +69,31 @@ def test_non_finite_step_is_refused_and_named(tiny_data_dir):
     train.check_finite(7, jax.device_get(metrics))
   after = jax.device_get(new_state["params"])
   jax.tree.map(np.testing.assert_array_equal, before, after)
+
+
+def test_gradient_accumulation_averages_microbatch_losses(tiny_data_dir):
+  from ssacl_jax import sharding
+  from ssacl_jax.models import ssacl
+  from test_model import random_batch
+  config = config_for(tiny_data_dir)
+  config.train.grad_accum_steps = 2
+  mesh = sharding.make_mesh(config)
+  model = ssacl.build_model(config.model)
+  batch, tokens = random_batch(config, 8)
+  setup = train.setup_state(config, model, mesh, tokens)
+  state = setup.init_fn(jax.random.key(0))
+  params = jax.device_get(state["params"])
+  base_key = jax.random.key(1)
+  new_state, metrics = jax.jit(train.make_train_step(config, setup))(state, batch, *tokens, base_key)
+  # Microbatch i holds rows i, i + 2, ...; its masking key is fold_in(fold_in(key, step), i).
+  step_key = jax.random.fold_in(base_key, 0)
+  losses = []
+  for i in range(2):
+    micro = {k: v[i::2] for k, v in batch.items()}
+    loss, _ = model.apply({"params": params}, micro, *tokens,
+                          rngs={"mask": jax.random.fold_in(step_key, i)})
+    losses.append(float(loss))
+  np.testing.assert_allclose(float(metrics["loss"]), np.mean(losses), rtol=1e-5)
+  assert int(new_state["step"]) == 1 and bool(metrics["finite"])
+  moved = jax.device_get(new_state["params"])["report_decoder"]["wte"]["embedding"]
+  assert not np.allclose(moved, params["report_decoder"]["wte"]["embedding"])

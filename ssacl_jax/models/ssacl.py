@@ -9,8 +9,6 @@ leaf-query pass instead (same losses; tested).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
