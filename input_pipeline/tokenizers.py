@@ -22,6 +22,12 @@ per line, as the openai-whisper source ships it). The pre-tokenisation pattern n
 \\p{L} / \\p{N}; the `regex` package is not a dependency, so the classes are built once
 from `unicodedata` for the standard `re` module (tests check both agree where `regex` is
 installed).
+
+The SS-ACL release's text encoder instead uses a BERT WordPiece vocabulary stored as a
+Hugging Face `tokenizers` JSON file (`WordPieceTokenizer`, also implemented here without
+that package: BERT normalisation and pre-tokenisation, greedy longest-match-first
+WordPiece). Its BERT sees `[CLS] text [SEP]`, so it sets `appends_eos` and `encode_text`
+then ends the sequence with `[SEP]`.
 """
 from __future__ import annotations
 
@@ -341,15 +347,470 @@ def _read_tiktoken_file(path) -> dict[bytes, int]:
 
 
 # ----------------------------------------------------------------------------------------
+# BERT WordPiece (Hugging Face `tokenizers` JSON)
+
+# BertNormalizer's CJK ideograph blocks (as in Hugging Face `tokenizers`); each such
+# character is surrounded by spaces so that it becomes its own word.
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+               (0x2B740, 0x2B81F), (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+# Symbols (So) that are Other_Alphabetic, hence word characters for Rust's regex \w.
+_ALPHABETIC_SYMBOLS = ((0x24B6, 0x24E9), (0x1F130, 0x1F149), (0x1F150, 0x1F169),
+                       (0x1F170, 0x1F189))
+_WHITE_SPACE_SET = frozenset(_WHITE_SPACE)
+
+
+def _in_ranges(cp: int, ranges) -> bool:
+  return any(a <= cp <= b for a, b in ranges)
+
+
+def _is_control(c: str) -> bool:
+  """`tokenizers`' is_control: Cc, Cf, Co or Cs, except tab, newline and CR (which count
+  as whitespace). Unassigned (Cn) characters are kept, as `tokenizers` keeps them."""
+  return c not in "\t\n\r" and unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs")
+
+
+def _is_bert_punctuation(c: str) -> bool:
+  """ASCII punctuation (which includes symbols such as $ + < = > ^ ` | ~) or any P*."""
+  cp = ord(c)
+  return (33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or
+          unicodedata.category(c)[0] == "P")
+
+
+def _is_word_char(c: str) -> bool:
+  """Rust regex's Unicode \\w: Alphabetic, marks, Nd, Pc, Join_Control (Alphabetic as
+  L*, Nl and the alphabetic circled letters; other Other_Alphabetic are marks)."""
+  cat = unicodedata.category(c)
+  return (cat[0] in "LM" or cat in ("Nd", "Nl", "Pc") or c in "\u200c\u200d" or
+          _in_ranges(ord(c), _ALPHABETIC_SYMBOLS))
+
+
+class _CharTable(dict):
+  """A lazily filled `str.translate` table: code point -> replacement (str or None)."""
+
+  def __init__(self, fn):
+    super().__init__()
+    self._fn = fn
+
+  def __missing__(self, cp: int):
+    value = self._fn(chr(cp))
+    self[cp] = value
+    return value
+
+
+def _clean(c: str) -> str | None:
+  if c in "\x00\ufffd" or _is_control(c):
+    return None
+  return " " if c in _WHITE_SPACE_SET else c
+
+
+_CLEAN_TABLE = _CharTable(_clean)
+_CJK_TABLE = _CharTable(lambda c: f" {c} " if _in_ranges(ord(c), _CJK_RANGES) else c)
+_NONSPACING_MARK_TABLE = _CharTable(lambda c: None if unicodedata.category(c) == "Mn" else c)
+_MARK_TABLE = _CharTable(lambda c: None if unicodedata.category(c)[0] == "M" else c)
+# Per character, as `tokenizers` lower-cases (no final-sigma rule, unlike str.lower()).
+_LOWER_TABLE = _CharTable(lambda c: c.lower())
+_WHITESPACE_TABLE = _CharTable(lambda c: " " if c in _WHITE_SPACE_SET else c)
+_BERT_SPLIT_TABLE = _CharTable(
+    lambda c: " " if c in _WHITE_SPACE_SET else f" {c} " if _is_bert_punctuation(c) else c)
+
+
+def _strip_accents(text: str) -> str:
+  return unicodedata.normalize("NFD", text).translate(_NONSPACING_MARK_TABLE)
+
+
+def _bert_normalizer(spec: dict):
+  clean_text = spec.get("clean_text", True)
+  chinese = spec.get("handle_chinese_chars", True)
+  lowercase = spec.get("lowercase", True)
+  strip = spec.get("strip_accents")
+  strip = lowercase if strip is None else strip
+
+  def normalize(text: str) -> str:
+    if clean_text:
+      text = text.translate(_CLEAN_TABLE)
+    if chinese:
+      text = text.translate(_CJK_TABLE)
+    if strip:
+      text = _strip_accents(text)
+    if lowercase:
+      text = text.translate(_LOWER_TABLE)
+    return text
+
+  return normalize
+
+
+def _build_normalizer(spec: dict | None, path: str):
+  """A `tokenizers` normalizer spec -> str -> str (None: no normalisation)."""
+  if spec is None:
+    return None
+  kind = spec.get("type")
+  if kind == "BertNormalizer":
+    return _bert_normalizer(spec)
+  if kind == "Sequence":
+    steps = [_build_normalizer(s, path) for s in spec.get("normalizers", [])]
+    steps = [s for s in steps if s is not None]
+    return lambda text: functools.reduce(lambda t, f: f(t), steps, text)
+  if kind == "Lowercase":
+    return lambda text: text.translate(_LOWER_TABLE)
+  if kind == "StripAccents":  # drops every mark (Mn, Mc, Me); BertNormalizer only Mn
+    return lambda text: text.translate(_MARK_TABLE)
+  if kind in ("NFD", "NFKD", "NFC", "NFKC"):
+    return functools.partial(unicodedata.normalize, kind)
+  if kind == "Strip":
+    left, right = spec.get("strip_left", True), spec.get("strip_right", True)
+
+    def strip(text: str) -> str:
+      text = text.lstrip(_WHITE_SPACE) if left else text
+      return text.rstrip(_WHITE_SPACE) if right else text
+
+    return strip
+  if kind == "Replace" and "String" in (spec.get("pattern") or {}):
+    old, new = spec["pattern"]["String"], spec.get("content", "")
+    return lambda text: text.replace(old, new)
+  raise ValueError(f"{path}: unsupported normalizer {spec!r}")
+
+
+def _bert_pre_tokenize(text: str) -> list[str]:
+  """Splits on whitespace (dropped) and punctuation (each character its own word)."""
+  return [w for w in text.translate(_BERT_SPLIT_TABLE).split(" ") if w]
+
+
+def _whitespace_split(text: str) -> list[str]:
+  return [w for w in text.translate(_WHITESPACE_TABLE).split(" ") if w]
+
+
+def _whitespace_pre_tokenize(text: str) -> list[str]:
+  """`tokenizers`' Whitespace: the regex \\w+|[^\\w\\s]+."""
+  out, cur, cur_kind = [], [], None
+  for c in text:
+    kind = 0 if c in _WHITE_SPACE_SET else 1 if _is_word_char(c) else 2
+    if kind != cur_kind and cur:
+      out.append("".join(cur))
+      cur = []
+    if kind:
+      cur.append(c)
+    cur_kind = kind
+  if cur:
+    out.append("".join(cur))
+  return out
+
+
+def _punctuation_pre_tokenize(text: str) -> list[str]:
+  out, cur = [], []
+  for c in text:
+    if _is_bert_punctuation(c):
+      if cur:
+        out.append("".join(cur))
+        cur = []
+      out.append(c)
+    else:
+      cur.append(c)
+  if cur:
+    out.append("".join(cur))
+  return out
+
+
+def _build_pre_tokenizer(spec: dict | None, path: str):
+  """A `tokenizers` pre-tokenizer spec -> str -> list of words."""
+  if spec is None:
+    return lambda text: [text] if text else []
+  kind = spec.get("type")
+  if kind == "BertPreTokenizer":
+    return _bert_pre_tokenize
+  if kind == "WhitespaceSplit":
+    return _whitespace_split
+  if kind == "Whitespace":
+    return _whitespace_pre_tokenize
+  if kind == "Punctuation" and spec.get("behavior", "Isolated") == "Isolated":
+    return _punctuation_pre_tokenize
+  if kind == "Sequence":
+    steps = [_build_pre_tokenizer(s, path) for s in spec.get("pretokenizers", [])]
+
+    def pre_tokenize(text: str) -> list[str]:
+      words = [text] if text else []
+      for step in steps:
+        words = [w for word in words for w in step(word)]
+      return words
+
+    return pre_tokenize
+  raise ValueError(f"{path}: unsupported pre-tokenizer {spec!r}")
+
+
+class _AddedToken(NamedTuple):
+  content: str
+  id: int
+  single_word: bool
+  lstrip: bool
+  rstrip: bool
+
+
+def _split_added(text: str, tokens: Sequence[_AddedToken]) -> list[tuple[str, int | None]]:
+  """Splits `text` around the added tokens in it (leftmost-longest, as `tokenizers`
+  does): (piece, None) for ordinary text, (matched text, id) for an added token."""
+  if not tokens or not text:
+    return [(text, None)]
+  firsts = {t.content[0] for t in tokens}
+  out: list[tuple[str, int | None]] = []
+  n, i, done = len(text), 0, 0
+  while i < n:
+    if text[i] not in firsts:
+      i += 1
+      continue
+    tok = next((t for t in tokens if text.startswith(t.content, i)), None)
+    if tok is None:
+      i += 1
+      continue
+    start, stop = i, i + len(tok.content)
+    i = stop
+    if tok.single_word and ((start > 0 and _is_word_char(text[start - 1])) or
+                            (stop < n and _is_word_char(text[stop]))):
+      continue
+    if tok.lstrip:
+      while start > done and text[start - 1] in _WHITE_SPACE_SET:
+        start -= 1
+    if tok.rstrip:
+      while stop < n and text[stop] in _WHITE_SPACE_SET:
+        stop += 1
+      i = stop
+    if done < start:
+      out.append((text[done:start], None))
+    out.append((text[start:stop], tok.id))
+    done = stop
+  if done < n:
+    out.append((text[done:], None))
+  return out
+
+
+def _hf_model_type(path) -> str | None:
+  """model.type of a Hugging Face `tokenizers` JSON file (inferred when absent)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      spec = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a Hugging Face tokenizer JSON file ({e})") from e
+  model = spec.get("model") if isinstance(spec, dict) else None
+  if not isinstance(model, dict):
+    raise ValueError(f"{path}: not a Hugging Face tokenizer JSON file (no 'model' object)")
+  if "type" in model:
+    return model["type"]
+  if "vocab" in model and "continuing_subword_prefix" in model and "merges" not in model:
+    return "WordPiece"
+  return None
+
+
+class WordPieceTokenizer:
+  """BERT WordPiece from a Hugging Face `tokenizers` JSON file (model.type WordPiece).
+
+  Mirrors `tokenizers`: added tokens ([CLS], [MASK], ...) found in the text map to their
+  ids; the rest is normalised (BertNormalizer: drop control characters, whitespace ->
+  ' ', space out CJK ideographs, strip accents when lower-casing unless strip_accents
+  says otherwise, lower-case), pre-tokenised (BertPreTokenizer: split on whitespace and
+  on each punctuation character) and each word split greedily longest-match-first into
+  vocabulary pieces, continuations prefixed '##'; a word that cannot be split, or is
+  longer than max_input_chars_per_word characters, becomes [UNK].
+
+  bos/eos are the [CLS]/[SEP] of the post-processor (the vocabulary's when there is
+  none); `encode` adds neither, `encode_text` adds both (`appends_eos`). There is no
+  newline token (`newline_id` None): '\\n' is whitespace. `decode` drops pad/bos/eos
+  and joins '##' continuations as the WordPiece decoder does.
+
+  Character classes come from this Python's `unicodedata`; `tokenizers` uses other
+  Unicode versions, so ids can differ only for rare characters whose category changed
+  between versions (some scripts' punctuation, format characters and marks).
+  """
+
+  appends_eos = True
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = str(path)
+    with open(self.path, encoding="utf-8") as f:
+      spec = json.load(f)
+    model = spec.get("model") or {}
+    if _hf_model_type(self.path) != "WordPiece":
+      raise ValueError(f"{self.path}: model type {model.get('type')!r}, not WordPiece")
+    vocab = {str(t): int(i) for t, i in model["vocab"].items()}
+    added = [a for a in spec.get("added_tokens") or [] if a.get("content")]
+    for a in added:
+      vocab.setdefault(a["content"], int(a["id"]))
+    self._vocab = vocab
+    self._id_to_token = {i: t for t, i in model["vocab"].items()}
+    self._id_to_token.update({int(a["id"]): a["content"] for a in added})
+    self._prefix = model.get("continuing_subword_prefix", "##")
+    self._max_chars = int(model.get("max_input_chars_per_word", 100))
+    unk = model.get("unk_token", "[UNK]")
+    if unk not in vocab:
+      raise ValueError(f"{self.path}: unk token {unk!r} is not in the vocabulary")
+    self.unk_id = vocab[unk]
+    self._normalize = _build_normalizer(spec.get("normalizer"), self.path)
+    self._pre_tokenize = _build_pre_tokenizer(spec.get("pre_tokenizer"), self.path)
+
+    def added_tokens(normalized: bool) -> list[_AddedToken]:
+      out = []
+      for a in added:
+        if bool(a.get("normalized", not a.get("special", False))) != normalized:
+          continue
+        content = a["content"]
+        if normalized and self._normalize is not None:
+          content = self._normalize(content)
+        if content:
+          out.append(_AddedToken(content, int(a["id"]), bool(a.get("single_word")),
+                                 bool(a.get("lstrip")), bool(a.get("rstrip"))))
+      return sorted(out, key=lambda t: -len(t.content))  # longest first
+
+    self._raw_added = added_tokens(False)
+    self._normalized_added = added_tokens(True)
+
+    self.vocab_size = max(self._id_to_token) + 1
+    self.bos_id, self.eos_id = self._special_ids(spec.get("post_processor"))
+    padding = spec.get("padding") or {}
+    if "pad_id" in padding:
+      self.pad_id = int(padding["pad_id"])
+    elif "[PAD]" in vocab:
+      self.pad_id = vocab["[PAD]"]
+    else:
+      raise ValueError(f"{self.path}: no [PAD] token and no padding.pad_id")
+    self.newline_id = None
+    decoder = spec.get("decoder") or {}
+    if decoder.get("type") == "WordPiece":
+      self._decode_prefix = decoder.get("prefix", self._prefix)
+      self._cleanup = bool(decoder.get("cleanup", True))
+    else:
+      self._decode_prefix, self._cleanup = self._prefix, False
+    self._cache: dict[str, tuple[int, ...]] = {}
+    self._lock = threading.Lock()
+
+  def _token_id(self, token: str) -> int:
+    if token not in self._vocab:
+      raise ValueError(f"{self.path}: special token {token!r} is not in the vocabulary")
+    return self._vocab[token]
+
+  def _special_ids(self, spec: dict | None) -> tuple[int, int]:
+    """(bos, eos) = ([CLS], [SEP]) as the post-processor adds them to one sequence."""
+    kind = (spec or {}).get("type")
+    if kind == "Sequence":
+      inner = [p for p in spec.get("processors", [])
+               if p.get("type") in ("TemplateProcessing", "BertProcessing",
+                                    "RobertaProcessing")]
+      return self._special_ids(inner[0] if inner else None)
+    if kind in ("BertProcessing", "RobertaProcessing"):
+      return int(spec["cls"][1]), int(spec["sep"][1])
+    if kind == "TemplateProcessing":
+      single = spec.get("single", [])
+      where = [i for i, p in enumerate(single) if "Sequence" in p]
+      specials = spec.get("special_tokens", {})
+
+      def ids(items):
+        out = []
+        for p in items:
+          name = p["SpecialToken"]["id"]
+          if name in specials:
+            out.extend(int(i) for i in specials[name]["ids"])
+          else:
+            out.append(self._token_id(name))
+        return out
+
+      before = ids(single[:where[0]]) if where else []
+      after = ids(single[where[0] + 1:]) if where else []
+      if len(where) != 1 or len(before) != 1 or len(after) != 1:
+        raise ValueError(f"{self.path}: the post-processor's single template {single!r} "
+                         "is not [CLS] $A [SEP]")
+      return before[0], after[0]
+    if kind is None:
+      return self._token_id("[CLS]"), self._token_id("[SEP]")
+    raise ValueError(f"{self.path}: unsupported post-processor {spec!r}")
+
+  def _wordpiece(self, word: str) -> tuple[int, ...]:
+    if len(word) > self._max_chars:
+      return (self.unk_id,)
+    ids, start = [], 0
+    while start < len(word):
+      end = len(word)
+      while start < end:
+        piece = word[start:end] if start == 0 else self._prefix + word[start:end]
+        i = self._vocab.get(piece)
+        if i is not None:
+          break
+        end -= 1
+      else:
+        return (self.unk_id,)
+      ids.append(i)
+      start = end
+    return tuple(ids)
+
+  def _encode_word(self, word: str) -> tuple[int, ...]:
+    cached = self._cache.get(word)
+    if cached is None:
+      cached = self._wordpiece(word)
+      if len(self._cache) < 100_000:
+        with self._lock:
+          self._cache[word] = cached
+    return cached
+
+  def encode(self, text: str) -> list[int]:
+    ids: list[int] = []
+    for piece, added_id in _split_added(text, self._raw_added):
+      if added_id is not None:
+        ids.append(added_id)
+        continue
+      if self._normalize is not None:
+        piece = self._normalize(piece)
+      for sub, sub_id in _split_added(piece, self._normalized_added):
+        if sub_id is not None:
+          ids.append(sub_id)
+          continue
+        for word in self._pre_tokenize(sub):
+          ids.extend(self._encode_word(word))
+    return ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    drop = {self.pad_id, self.bos_id, self.eos_id}
+    tokens = [self._id_to_token[int(i)] for i in ids
+              if int(i) not in drop and int(i) in self._id_to_token]
+    out = []
+    for n, token in enumerate(tokens):
+      if n:
+        if token.startswith(self._decode_prefix):
+          token = token[len(self._decode_prefix):]
+        else:
+          token = " " + token
+      if self._cleanup:
+        token = _wordpiece_cleanup(token)
+      out.append(token)
+    return "".join(out)
+
+  def __reduce__(self):
+    return (WordPieceTokenizer, (self.path,))
+
+  def __repr__(self) -> str:
+    return f"WordPieceTokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+def _wordpiece_cleanup(token: str) -> str:
+  """`tokenizers`' WordPiece decoder cleanup (per token, spaces before punctuation)."""
+  for old, new in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+                   (" n't", "n't"), (" 'm", "'m"), (" do not", " don't"), (" 's", "'s"),
+                   (" 've", "'ve"), (" 're", "'re")):
+    token = token.replace(old, new)
+  return token
+
+
+# ----------------------------------------------------------------------------------------
 # Loading, helpers
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   """SentencePiece for `*.model`; GPT-2 BPE for a vocab.json/merges.txt folder, a
-  `*.tiktoken` file or a folder with `gpt2.tiktoken`."""
+  `*.tiktoken` file or a folder with `gpt2.tiktoken`; BERT WordPiece for a Hugging Face
+  `tokenizers` `*.json` file whose model type is WordPiece."""
   p = pathlib.Path(path)
   if p.is_file() and p.suffix == ".model":
     return SentencePieceTokenizer(p)
+  if p.is_file() and p.suffix == ".json":
+    model_type = _hf_model_type(p)
+    if model_type != "WordPiece":
+      raise ValueError(f"{path}: a Hugging Face tokenizer JSON with model type "
+                       f"{model_type!r}; only 'WordPiece' (BERT) JSON files are supported")
+    return WordPieceTokenizer(p)
   if p.is_file() and p.suffix == ".tiktoken":
     return Gpt2BpeTokenizer(p)
   if p.is_dir() and ((p / "vocab.json").is_file() and (p / "merges.txt").is_file()
@@ -361,11 +822,17 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
 def encode_text(tok: Tokenizer, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
   """Text-encoder input: BOS ([CLS]) + ids, truncated and 0-padded to `max_len`
-  (the mask, not the pad id, marks padding).
+  (the mask, not the pad id, marks padding). A tokenizer whose `appends_eos` is true
+  (BERT WordPiece) also gets EOS ([SEP]) after the ids, the text truncated so that
+  `[CLS] ... [SEP]` fits `max_len`.
 
   Returns (ids int32 [max_len], mask int32 [max_len]).
   """
-  ids = [tok.bos_id] + list(tok.encode(text))[:max_len - 1]
+  if getattr(tok, "appends_eos", False):
+    body = list(tok.encode(text))[:max(max_len - 2, 0)]
+    ids = ([tok.bos_id] + body + [tok.eos_id])[:max_len]
+  else:
+    ids = [tok.bos_id] + list(tok.encode(text))[:max_len - 1]
   out = np.zeros(max_len, np.int32)  # 0-padded whatever the tokenizer's pad id
   out[:len(ids)] = ids
   mask = np.zeros(max_len, np.int32)

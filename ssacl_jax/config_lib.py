@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.num_workers = 0
   d.prefetch_buffer = 2
   d.decoder_tokenizer = ""     # local GPT-2 files (vocab.json+merges.txt or gpt2.tiktoken)
+  d.text_tokenizer = ""        # e.g. the release's WordPiece JSON (mimic_wordpiece.json)
 
   c.train = t = ml_collections.ConfigDict()
   t.num_steps = 100_000

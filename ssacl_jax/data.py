@@ -42,9 +42,9 @@ WORKDIR_TOKENIZERS = "tokenizers"
 def workdir_tokenizer_paths(workdir):
   """Where a workdir keeps the tokenizers its checkpoints were trained with, or None."""
   folder = pathlib.Path(workdir) / WORKDIR_TOKENIZERS
-  text = folder / "text.model"
-  decoder = [p for p in sorted(folder.glob("decoder*")) if p.name != "decoder.json"]
-  return (text, decoder[0]) if text.is_file() and decoder else None
+  text = sorted(folder.glob("text.*"))
+  decoder = sorted(folder.glob("decoder*"))
+  return (text[0], decoder[0]) if text and decoder else None
 
 
 def keep_tokenizers_in_workdir(workdir, text_path, decoder_path) -> None:
@@ -53,7 +53,7 @@ def keep_tokenizers_in_workdir(workdir, text_path, decoder_path) -> None:
     return
   folder = pathlib.Path(workdir) / WORKDIR_TOKENIZERS
   folder.mkdir(parents=True, exist_ok=True)
-  shutil.copy(text_path, folder / "text.model")
+  shutil.copy(text_path, folder / f"text{pathlib.Path(text_path).suffix}")
   decoder_path = pathlib.Path(decoder_path)
   if decoder_path.is_dir():
     shutil.copytree(decoder_path, folder / "decoder", dirs_exist_ok=True)
@@ -72,9 +72,10 @@ def load_tokenizers(config, train_source=None, workdir=None) -> tok_lib.Tokenize
   """(text, decoder) tokenizers.
 
   A workdir's own copies win (its checkpoints were trained with them). Otherwise the
-  SentencePiece models beside the data, trained on the training reports once; a GPT-2 BPE
-  folder named by config.data.decoder_tokenizer replaces the decoder model. With a
-  workdir, the tokenizers used are copied into it.
+  SentencePiece models beside the data, trained on the training reports once;
+  config.data.text_tokenizer (e.g. the release's WordPiece JSON) and
+  config.data.decoder_tokenizer (a GPT-2 BPE folder) replace them. With a workdir, the
+  tokenizers used are copied into it.
   """
   if workdir is not None and workdir_tokenizer_paths(workdir):
     text_path, decoder_path = workdir_tokenizer_paths(workdir)
@@ -93,6 +94,7 @@ def load_tokenizers(config, train_source=None, workdir=None) -> tok_lib.Tokenize
                                         config.model.text.vocab_size,
                                         config.model.report.vocab_size), "tokenizers")
   decoder_path = d.decoder_tokenizer or decoder_path
+  text_path = d.text_tokenizer or text_path
   text = tok_lib.load_tokenizer(text_path)
   decoder = tok_lib.load_tokenizer(decoder_path)
   check_vocab(config, text, decoder)

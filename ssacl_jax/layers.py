@@ -10,6 +10,7 @@ DenseGeneral kernels break under a mesh (flax issue 3676).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -66,6 +67,21 @@ def causal_bias(length: int):
   return jnp.asarray(np.where(allowed, 0.0, NEG_INF), jnp.float32)[None, None]
 
 
+def attention_core(q, k, v, bias, *, dtype):
+  """softmax(q k^T / sqrt(Dh) + bias) v -> (out [B, Lq, H, Dh], weights [B, H, Lq, Lk]).
+
+  q [B, Lq, H, Dh], k/v [B, Lk, H, Dh]; scores and softmax in float32.
+  """
+  head_dim = q.shape[-1]
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype)) / np.sqrt(head_dim).astype(q.dtype)
+  logits = logits.astype(jnp.float32)
+  if bias is not None:
+    logits = logits + bias
+  weights = jax.nn.softmax(logits, axis=-1)
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v.astype(dtype))
+  return out, weights
+
+
 class MultiHeadAttention(nn.Module):
   """Attention with separate q/k/v projections, an additive bias and an optional KV cache.
 
@@ -96,12 +112,16 @@ class MultiHeadAttention(nn.Module):
       k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), cache_index, axis=1)
       v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), cache_index, axis=1)
       new_cache = (k, v)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype)) / np.sqrt(head_dim).astype(q.dtype)
-    logits = logits.astype(jnp.float32)
-    if bias is not None:
-      logits = logits + bias
-    weights = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v.astype(self.dtype))
+    attend = functools.partial(attention_core, dtype=self.dtype)
+    if return_weights:
+      out, weights = attend(q, k, v, bias)
+    elif cache is not None:
+      out, weights = attend(q, k, v, bias)[0], None
+    else:
+      # Under differentiation keep only q, k, v (and the shared bias) for the backward and
+      # recompute the [B, H, Lq, Lk] scores there: the same ops, so the same values, while
+      # the step no longer holds two score-sized arrays per block (exp and softmax).
+      out, weights = jax.checkpoint(lambda *a: attend(*a)[0])(q, k, v, bias), None
     out = constrain(out, ("batch", "length", "act_heads", "act_kv"))
     out = out.reshape(*x.shape[:-1], width)
     out = dense(width, ("heads", "embed"), name="out", **kw)(out)
@@ -119,7 +139,9 @@ class Mlp(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = dense(self.hidden, ("embed", "mlp"), name="fc1", **kw)(x)
     h = constrain(h, ("batch", "length", "act_mlp"))
-    h = nn.gelu(h, approximate=(self.activation == "gelu_tanh"))
+    # Checkpointed: the backward recomputes GELU's derivative terms from h instead of
+    # keeping them (two hidden-sized arrays per block) from the forward; same values.
+    h = jax.checkpoint(functools.partial(nn.gelu, approximate=(self.activation == "gelu_tanh")))(h)
     return dense(x.shape[-1], ("mlp", "embed"), name="fc2", **kw)(h)
 
 

@@ -137,6 +137,18 @@ def make_eval_step(config, setup: StateSetup):
   return eval_step
 
 
+def check_batch_fits_mesh(global_batch: int, accum: int, mesh) -> None:
+  """Each microbatch must split evenly over the batch-sharded mesh axes and processes."""
+  shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+  micro = global_batch // accum
+  if global_batch % accum or micro % shards or global_batch % jax.process_count():
+    raise ValueError(
+        f"train.global_batch_size {global_batch} with train.grad_accum_steps {accum} gives "
+        f"microbatches of {global_batch / accum:g}, which must be a multiple of the "
+        f"{shards} data x fsdp shards of the mesh {dict(mesh.shape)} (and the batch a "
+        f"multiple of the {jax.process_count()} processes)")
+
+
 def check_finite(step: int, metrics) -> None:
   if bool(metrics["finite"]):
     return
@@ -205,9 +217,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   jax.set_mesh(mesh)
   batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
   t = config.train
-  if t.global_batch_size % (mesh.size // mesh.shape.get("tensor", 1)) and t.global_batch_size % jax.process_count():
-    raise ValueError(f"train.global_batch_size {t.global_batch_size} must divide over "
-                     f"{jax.process_count()} processes")
+  check_batch_fits_mesh(t.global_batch_size, t.grad_accum_steps, mesh)
 
   if jax.process_index() == 0:
     config_lib.save_workdir_config(config, workdir)

@@ -213,3 +213,266 @@ def test_ensure_tokenizers_trains_once(tmp_path):
 def test_sentencepiece_pickles(sp_models):
   tok = pickle.loads(pickle.dumps(T.load_tokenizer(sp_models[1])))
   assert tok.decode(tok.encode("a\nb")) == "a\nb"
+
+
+# --------------------------------------------------------------------------- WordPiece
+
+WP_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "(", ")", "-", "'", "/",
+            "the", "left", "lung", "lower", "lobe", "is", "no", "heart", "normal",
+            "pleural", "effusion", "op", "##ac", "##ity", "##s", "pneumo", "##thorax",
+            "##nia", "cafe", "size", "in", "right", "3", "##cm", "x", "中", "a", "##a",
+            "un", "##able", "cm", "##2", "small"]
+WP_IDS = {t: i for i, t in enumerate(WP_VOCAB)}
+WP_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _wordpiece_json(path, normalizer=None, pre_tokenizer=None, post_processor=None,
+                    decoder="default"):
+  """A Hugging Face `tokenizers` JSON in the layout `Tokenizer.to_str()` writes."""
+  if normalizer is None:
+    normalizer = {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
+                  "strip_accents": None, "lowercase": True}
+  if post_processor is None:
+    post_processor = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}},
+                   {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                 {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
+                 {"Sequence": {"id": "B", "type_id": 1}},
+                 {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+        "special_tokens": {t: {"id": t, "ids": [WP_IDS[t]], "tokens": [t]}
+                           for t in ("[CLS]", "[SEP]")}}
+  spec = {
+      "version": "1.0", "truncation": None, "padding": None,
+      "added_tokens": [{"id": WP_IDS[t], "content": t, "single_word": False,
+                        "lstrip": False, "rstrip": False, "normalized": False,
+                        "special": True} for t in WP_SPECIALS],
+      "normalizer": normalizer,
+      "pre_tokenizer": pre_tokenizer or {"type": "BertPreTokenizer"},
+      "post_processor": post_processor,
+      "decoder": ({"type": "WordPiece", "prefix": "##", "cleanup": True}
+                  if decoder == "default" else decoder),
+      "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                "max_input_chars_per_word": 100, "vocab": WP_IDS},
+  }
+  path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+  return path
+
+
+def _wordpiece_variant_json(path):
+  """Sequence normaliser, Whitespace pre-tokeniser, BertProcessing, no decoder."""
+  return _wordpiece_json(
+      path,
+      normalizer={"type": "Sequence", "normalizers": [
+          {"type": "NFD"}, {"type": "Lowercase"}, {"type": "StripAccents"}]},
+      pre_tokenizer={"type": "Whitespace"},
+      post_processor={"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+      decoder=None)
+
+
+def _w(*tokens):
+  return [WP_IDS[t] for t in tokens]
+
+
+UNK = WP_IDS["[UNK]"]
+WP_EXPECTED = {
+    "The left lung is normal.": _w("the", "left", "lung", "is", "normal", "."),
+    "Opacity in the LEFT lower lobe, no effusion.": _w(
+        "op", "##ac", "##ity", "in", "the", "left", "lower", "lobe", ",", "no", "effusion",
+        "."),
+    # ';' and 'blah' are not in the vocabulary; 'pneumox' starts with a known piece but
+    # '##x' is unknown, so the whole word is [UNK].
+    "No pneumothorax; blah pneumox.": _w("no", "pneumo", "##thorax") + [UNK, UNK, UNK] +
+                                      _w("."),
+    "pneumonias": _w("pneumo", "##nia", "##s"),
+    "unable x-ray": _w("un", "##able", "x", "-") + [UNK],
+    # Accents stripped (lowercase with strip_accents null), upper case folded.
+    "Café (3cm)": _w("cafe", "(", "3", "##cm", ")"),
+    "CAFÉ cafe\u0301": _w("cafe", "cafe"),
+    # CJK ideographs are spaced out into their own words.
+    "x中x": _w("x", "中", "x"),
+    # Control characters are dropped, tab/newline/NBSP are whitespace.
+    "left\tlung\nlobe\x00\u00a0lef\u200bt": _w("left", "lung", "lobe", "left"),
+    # Added tokens in the raw text keep their ids; lower-case '[mask]' is ordinary text.
+    "the [MASK] lobe": _w("the", "[MASK]", "lobe"),
+    "[mask]": [UNK, UNK, UNK],
+    "a" * 100: _w("a") + _w("##a") * 99,
+    "a" * 101: [UNK],  # longer than max_input_chars_per_word
+    "": [],
+}
+
+
+@pytest.fixture
+def wp_path(tmp_path):
+  return _wordpiece_json(tmp_path / "wordpiece.json")
+
+
+def test_wordpiece_exact_ids(wp_path):
+  tok = T.load_tokenizer(wp_path)
+  assert isinstance(tok, T.WordPieceTokenizer)
+  assert isinstance(tok, T.Tokenizer)
+  for text, ids in WP_EXPECTED.items():
+    assert tok.encode(text) == ids, text
+  assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 2, 3)
+  assert tok.newline_id is None
+  assert tok.vocab_size == len(WP_VOCAB)
+  assert tok.appends_eos is True
+
+
+def test_wordpiece_decode(wp_path):
+  tok = T.load_tokenizer(wp_path)
+  text = "Opacity in the LEFT lower lobe, no effusion."
+  assert tok.decode(tok.encode(text)) == "opacity in the left lower lobe, no effusion."
+  assert tok.decode([2] + tok.encode("Café (3cm)") + [3, 0, 0]) == "cafe ( 3cm )"
+  assert tok.decode(_w("pneumo", "##nia", "##s", "is", "[MASK]")) == "pneumonias is [MASK]"
+  assert tok.decode(tok.encode("No pneumothorax; x")) == "no pneumothorax [UNK] x"
+  for text in ["the left lung is normal", "small right pleural effusion", "x中x"]:
+    assert tok.decode(tok.encode(text)) == text.replace("中", " 中 ")
+
+
+def test_wordpiece_encode_text_layout(wp_path):
+  tok = T.load_tokenizer(wp_path)
+  ids, mask = T.encode_text(tok, "The left lung", 8)
+  assert ids.tolist() == [2] + _w("the", "left", "lung") + [3, 0, 0, 0]
+  assert mask.tolist() == [1] * 5 + [0] * 3
+  assert ids.dtype == mask.dtype == np.int32
+  # Truncation keeps [CLS] ... [SEP] within max_len.
+  ids, mask = T.encode_text(tok, "The left lung is normal.", 4)
+  assert ids.tolist() == [2] + _w("the", "left") + [3]
+  assert mask.tolist() == [1, 1, 1, 1]
+  ids, mask = T.encode_text(tok, "The left lung", 5)
+  assert ids.tolist() == [2] + _w("the", "left", "lung") + [3]
+  assert T.encode_text(tok, "the left lung", 2)[0].tolist() == [2, 3]
+  assert T.encode_text(tok, "", 4)[0].tolist() == [2, 3, 0, 0]
+
+
+def test_wordpiece_anatomy_tokens(wp_path):
+  tok = T.load_tokenizer(wp_path)
+  ids, mask = T.anatomy_tokens(tok, 6)
+  assert ids.shape == mask.shape == (anatomy.NUM_LEAVES, 6)
+  assert ids.dtype == mask.dtype == np.int32
+  assert np.all(ids[:, 0] == tok.bos_id) and np.all(mask[:, 0] == 1)
+  lengths = mask.sum(1)
+  assert np.all(ids[np.arange(len(ids)), lengths - 1] == tok.eos_id)
+  assert np.all(ids[mask == 0] == 0)
+  for i, name in enumerate(anatomy.LEAVES):
+    row = ([tok.bos_id] + tok.encode(name)[:4] + [tok.eos_id])
+    assert ids[i, :len(row)].tolist() == row, name
+    assert lengths[i] == len(row)
+
+
+def test_wordpiece_variant_spec(tmp_path):
+  tok = T.load_tokenizer(_wordpiece_variant_json(tmp_path / "variant.json"))
+  assert (tok.bos_id, tok.eos_id, tok.pad_id) == (2, 3, 0)
+  assert tok.encode("Café, the LEFT lung") == _w("cafe", ",", "the", "left", "lung")
+  # No handle_chinese_chars: 'x中x' is one word, 'x' then '##中' fails -> [UNK].
+  assert tok.encode("x中x") == [UNK]
+  # Whitespace pre-tokeniser: runs of punctuation stay together.
+  assert tok.encode("lung.. ((x") == _w("lung") + [UNK, UNK] + _w("x")
+  # StripAccents drops every mark, BertNormalizer only non-spacing ones.
+  assert tok.encode("x\u20dd") == _w("x")
+  # No decoder section: '##' continuations are still joined, no cleanup.
+  assert tok.decode(tok.encode("opacity , x")) == "opacity , x"
+
+
+def test_wordpiece_pickles(wp_path):
+  tok = pickle.loads(pickle.dumps(T.load_tokenizer(wp_path)))
+  assert tok.encode("The left lung is normal.") == WP_EXPECTED["The left lung is normal."]
+
+
+def test_load_tokenizer_json_errors(tmp_path):
+  bpe = {"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}
+  (tmp_path / "bpe.json").write_text(json.dumps(bpe))
+  with pytest.raises(ValueError, match="model type 'BPE'.*only 'WordPiece'"):
+    T.load_tokenizer(tmp_path / "bpe.json")
+  (tmp_path / "other.json").write_text(json.dumps({"vocab": {"a": 0}}))
+  with pytest.raises(ValueError, match="not a Hugging Face tokenizer JSON"):
+    T.load_tokenizer(tmp_path / "other.json")
+  (tmp_path / "broken.json").write_text("{")
+  with pytest.raises(ValueError, match="not a Hugging Face tokenizer JSON"):
+    T.load_tokenizer(tmp_path / "broken.json")
+  spec = json.loads(_wordpiece_json(tmp_path / "wp.json").read_text(encoding="utf-8"))
+  spec["pre_tokenizer"] = {"type": "Metaspace"}
+  (tmp_path / "meta.json").write_text(json.dumps(spec))
+  with pytest.raises(ValueError, match="unsupported pre-tokenizer"):
+    T.load_tokenizer(tmp_path / "meta.json")
+
+
+WP_SENTENCES = [
+    "The left lung is normal.",
+    "Opacity in the LEFT lower lobe, no effusion.",
+    "No pneumothorax; blah pneumox.",
+    "Small right pleural effusion (3cm x 2cm).",
+    "CAFÉ café cafe\u0301 naïve Ångström",
+    "x中x 中文 \U00020000 \U0002b820 \U0002b920",
+    "left\tlung\r\nlobe\x00\u00a0lef\u200bt \x1c x \ufffd x \x85 \u2028 a\u3000a",
+    "the [MASK] lobe [CLS][SEP]x [mask] [PAD]",
+    "unable x-ray 3/4 a--b '' \"quoted\" it's",
+    "İstanbul ΣΑΣ ß ﬁ Ⅻ ⓐb ½ ² $5 +x <y> a^b `c` |d| ~e",
+    "¿qué? ¡sí! «x» §3 ©a °c a_b a…b",
+    "a" * 100 + " " + "a" * 101,
+    "pneumonias pneumonia pneumothoraxs heart size",
+    "   leading and trailing   ",
+    "",
+    "\ue000private\U0010ffff \u0378 unassigned",
+    "e\u0301\u0302 \u0301 x\u20dd xः",
+    "ＦＵＬＬ width ａ",
+    "tab\tsep,comma.period!excl?q",
+    "THE  LEFT\n\nLUNG",
+]
+
+
+@pytest.mark.parametrize("variant", ["bert", "variant"])
+def test_wordpiece_matches_hf_tokenizers(tmp_path, variant):
+  tokenizers = pytest.importorskip("tokenizers", reason="`tokenizers` is not installed")
+  make = _wordpiece_json if variant == "bert" else _wordpiece_variant_json
+  path = make(tmp_path / f"{variant}.json")
+  hf = tokenizers.Tokenizer.from_file(str(path))
+  tok = T.load_tokenizer(path)
+  rng = np.random.default_rng(0)
+  alphabet = list("ab Z9'\n\t.,-;") + [
+      "é", "É", "e\u0301", "ß", "Σ", "İ", "中", "\u00a0", "\u200b", "\x00", "\x1c",
+      "\ufffd", "[MASK]", "[SEP]", "$", "¿", "½", "Ⅻ", "ⓐ", "lung", "##", "op", "ac",
+      "ity", "pneumo", "nia", "3cm", "\u3000", "ａ", "_", "\u0378", "\u20dd", "\u0903"]
+  fuzz = ["".join(rng.choice(alphabet, size=int(rng.integers(1, 16))))
+          for _ in range(300)]
+  for text in WP_SENTENCES + fuzz:
+    ours = tok.encode(text)
+    assert ours == hf.encode(text, add_special_tokens=False).ids, repr(text)
+    assert [tok.bos_id] + ours + [tok.eos_id] == hf.encode(text).ids, repr(text)
+    if variant == "bert":  # the variant has no decoder section (we still join '##')
+      kept = [i for i in ours if i not in (tok.pad_id, tok.bos_id, tok.eos_id)]
+      assert tok.decode(kept) == hf.decode(kept, skip_special_tokens=False), repr(text)
+
+
+def test_wordpiece_matches_hf_trained_bert_json(tmp_path):
+  """Vocabularies trained and saved by `tokenizers` itself (its own JSON layout): with no
+  post-processor (bos/eos are then the vocabulary's [CLS]/[SEP]) and with BertProcessing."""
+  tokenizers = pytest.importorskip("tokenizers", reason="`tokenizers` is not installed")
+  trained = tokenizers.BertWordPieceTokenizer()
+  trained.train_from_iterator(REPORTS, vocab_size=120, min_frequency=1)
+  plain, bert = tmp_path / "plain.json", tmp_path / "bert.json"
+  trained.save(str(plain))
+  cls, sep = trained.token_to_id("[CLS]"), trained.token_to_id("[SEP]")
+  trained.post_processor = tokenizers.processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
+  trained.save(str(bert))
+  for path, specials in ((plain, False), (bert, True)):
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    tok = T.load_tokenizer(path)
+    assert isinstance(tok, T.WordPieceTokenizer)
+    assert tok.vocab_size == hf.get_vocab_size()
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == tuple(
+        hf.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]"))
+    for text in REPORTS[:6] + WP_SENTENCES:
+      ids = tok.encode(text)
+      assert ids == hf.encode(text, add_special_tokens=False).ids, repr(text)
+      if specials:
+        assert [tok.bos_id] + ids + [tok.eos_id] == hf.encode(text).ids, repr(text)
+      kept = [i for i in ids if i not in (tok.pad_id, tok.bos_id, tok.eos_id)]
+      assert tok.decode(ids) == hf.decode(kept, skip_special_tokens=False), repr(text)
+    ids, mask = T.encode_text(tok, REPORTS[0], 64)
+    assert ids[:int(mask.sum())].tolist() == [cls] + hf.encode(
+        REPORTS[0], add_special_tokens=False).ids + [sep]
