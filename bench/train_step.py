@@ -73,6 +73,9 @@ def parse_args(argv=None):
   p.add_argument("--compile_only", action="store_true",
                  help="lower and compile from the abstract state (nothing allocated); report "
                       "compile time, memory_analysis and FLOPs only")
+  p.add_argument("--src", default="",
+                 help="import ssacl_jax from this folder instead of the checkout (before/after "
+                      "comparisons against a copy of the package)")
   p.add_argument("--json", default="")
   return p.parse_args(argv)
 
@@ -88,6 +91,9 @@ if _flags.strip():
   os.environ["XLA_FLAGS"] = _flags.strip()
 
 from bench import benchlib  # noqa: E402
+
+if ARGS.src:
+  sys.path.insert(0, str(pathlib.Path(ARGS.src).resolve()))
 
 if ARGS.wait_load > 0:
   LOAD_WAIT = benchlib.wait_for_load(ARGS.wait_load, ARGS.wait_load_max_s)
@@ -454,6 +460,7 @@ def main():
       "device_kind": jax.devices()[0].device_kind, "devices": len(devices),
       "mesh": dict(mesh.shape), "jax": jax.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "params": n_params,
+      "src": str(pathlib.Path(ssacl.__file__).resolve().parents[2]),
       "machine": machine, "load_wait": LOAD_WAIT,
       "init_s": round(init_s, 2), "lower_s": round(lower_s, 2), "compile_s": round(compile_s, 2),
       "steps": a.steps, "warmup": a.warmup,

@@ -4,13 +4,14 @@ Compiles the real sharded step, exactly as `train.train_and_evaluate` jits it (s
 batch shardings, donation), for the devices of a target that need not be attached:
 
   JAX_PLATFORMS=cpu python -m ssacl_jax.aot --config configs/tpu_v5e_256.py \
-      --topology v5e:16x16 --what both --json bench/results/aot_v5e_256.json
+      --topology v5e:16x16 --what both --json bench/results/aot_tpu_v5e_256.json
 
 and reports per-chip memory (`compiled.memory_analysis()`: arguments, outputs, temps,
 generated code, aliased donation), FLOPs (`compiled.cost_analysis()`) and the collectives
 in the compiled program. Exit status 3, with the numbers, when a step would not fit in a
 chip's memory (TPU: XLA's RESOURCE_EXHAUSTED at compile time; CPU/CUDA, or any platform
-with --hbm_bytes: the compiled footprint against the limit).
+with --hbm_bytes: the compiled footprint against the limit). The generation step is the
+SS-ACL beam search of ssacl_jax.generate (prefix, prefill, decoder loop with the KV cache).
 
 Targets (--topology):
   v5e:16x16, v5p:4x4x4, v4:2x4x4, v6e:8x8   TPU slices (needs libtpu: the `tpu` extra); v4
@@ -26,6 +27,7 @@ The last line printed is the report as one line of JSON (also written to --json)
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -34,8 +36,14 @@ import re
 import sys
 import time
 
+import flax.linen as nn
+import jax
 from absl import app, flags
+from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
+
+from ssacl_jax import anatomy, config_lib, generate, sharding, train
+from ssacl_jax.models import ssacl
 
 EXIT_DOES_NOT_FIT = 3
 GIB = 1024 ** 3
@@ -113,7 +121,6 @@ def quiet_libtpu(target: Target) -> None:
 
 def target_devices(target: Target) -> list:
   """The target's devices: compile-only TPU/GPU devices, or real host CPU devices."""
-  import jax
   if target.platform == "cpu":
     devices = jax.devices("cpu")
     if len(devices) < target.num_devices:
@@ -123,22 +130,23 @@ def target_devices(target: Target) -> list:
     return devices[:target.num_devices]
   from jax.experimental import topologies
   if target.platform == "tpu":
-    try:
-      import libtpu  # noqa: F401
-    except ImportError as e:
+    if importlib.util.find_spec("libtpu") is None:
       raise RuntimeError("TPU targets need libtpu: pip install 'jax[tpu]==0.10.2' "
-                         "(the project's `tpu` extra)") from e
+                         "(the project's `tpu` extra)")
     kwargs = {"chip_config_name": "megacore"} if target.kind in MEGACORE else {}
     return list(topologies.get_topology_desc(topology_name=f"{target.kind}:{target.shape}",
                                              platform="tpu", **kwargs).devices)
-  return list(topologies.get_topology_desc(platform="cuda", topology=target.shape,
-                                           target_config=gpu_target_config(target.kind)).devices)
+  try:
+    topology = topologies.get_topology_desc(platform="cuda", topology=target.shape,
+                                            target_config=gpu_target_config(target.kind))
+  except NotImplementedError as e:
+    raise RuntimeError(f"{e}: GPU targets need pip install --no-deps "
+                       "jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2") from e
+  return list(topology.devices)
 
 
 def make_mesh(config, devices):
   """config.mesh over `devices` (topology-aware order, Auto axes like sharding.make_mesh)."""
-  import jax
-  from ssacl_jax import sharding
   shape = sharding.resolve_mesh_shape(config.mesh.shape, len(devices))
   axes = tuple(config.mesh.axes)
   return jax.make_mesh(shape, axes, axis_types=(jax.sharding.AxisType.Auto,) * len(axes),
@@ -254,22 +262,12 @@ def cost_figures(compiled, num_devices: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- steps
-def _sds(array_like, sharding):
-  import jax
-  return jax.ShapeDtypeStruct(array_like.shape, array_like.dtype, sharding=sharding)
-
-
 def _shape_struct(shape, dtype, sharding):
-  import jax
   return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
 def abstract_inputs(config, mesh):
   """(batch, anatomy ids, anatomy mask, key) as sharded ShapeDtypeStructs."""
-  import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  from ssacl_jax import sharding
-  from ssacl_jax.models import ssacl
   batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
   replicated = NamedSharding(mesh, P())
   one = ssacl.dummy_batch(config, 1)
@@ -284,10 +282,6 @@ def abstract_inputs(config, mesh):
 
 def lower_train_step(config, mesh, model=None):
   """(lowered train step, StateSetup): jitted exactly as train.train_and_evaluate does."""
-  import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  from ssacl_jax import sharding, train
-  from ssacl_jax.models import ssacl
   model = model or ssacl.build_model(config.model)
   batch, ids, mask, key = abstract_inputs(config, mesh)
   # Outside the mesh context: eager ops there would run on the (compile-only) devices.
@@ -306,7 +300,6 @@ def lower_train_step(config, mesh, model=None):
 def decode_settings(config):
   """Decoding settings (config.decode if present, else SPEC 5), ids clipped to the vocab
   and the new tokens to the decoder positions the image prefix leaves (small configs)."""
-  from ssacl_jax import anatomy, generate
   cfg = generate.decode_config(config.get("decode"))
   m = config.model
   vocab = m.report.vocab_size
@@ -319,7 +312,6 @@ def decode_settings(config):
 
 def generation_batch_size(config, mesh, requested: int = 0) -> int:
   """requested, else config.eval.batch_size; rounded up to a multiple of the batch shards."""
-  from ssacl_jax import sharding
   spec = sharding.batch_spec(config)[0]
   axes = spec if isinstance(spec, tuple) else (spec,) if spec else ()
   shards = math.prod(mesh.shape[a] for a in axes)
@@ -329,11 +321,6 @@ def generation_batch_size(config, mesh, requested: int = 0) -> int:
 
 def lower_generate(config, mesh, params, batch_size: int, model=None):
   """The lowered SS-ACL beam search (ssacl_jax.generate) over a sharded image batch."""
-  import flax.linen as nn
-  import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  from ssacl_jax import anatomy, generate, sharding
-  from ssacl_jax.models import ssacl
   model = model or ssacl.build_model(config.model)
   batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
   replicated = NamedSharding(mesh, P())
@@ -387,7 +374,6 @@ def compile_report(lowered, num_devices: int, memory_limit: int | None,
 def run_aot(config, target: Target, what: str = "train", memory_limit: int | None = None,
             gen_batch: int = 0, devices=None) -> dict:
   """Lower and compile the chosen steps for the target; the report as a dict."""
-  from ssacl_jax import sharding
   devices = devices if devices is not None else target_devices(target)
   mesh = make_mesh(config, devices)
   if memory_limit is None:
@@ -404,7 +390,7 @@ def run_aot(config, target: Target, what: str = "train", memory_limit: int | Non
   }
   lowered, setup = lower_train_step(config, mesh)
   state = setup.abstract_state
-  report["num_params"] = int(sum(math.prod(x.shape) for x in _leaves(state["params"])))
+  report["num_params"] = int(sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"])))
   report["param_bytes_per_device"] = sharding.per_device_bytes(state["params"])
   report["opt_state_bytes_per_device"] = sharding.per_device_bytes(state["opt_state"])
   if what in ("train", "both"):
@@ -419,11 +405,6 @@ def run_aot(config, target: Target, what: str = "train", memory_limit: int | Non
                                        decode=dataclasses.asdict(decode_settings(config)))
   report["fits"] = all(s["fits"] for s in report["steps"].values())
   return report
-
-
-def _leaves(tree):
-  import jax
-  return jax.tree.leaves(tree)
 
 
 def _gib(n) -> str:
@@ -483,13 +464,11 @@ def main(argv):
     target = parse_topology(f.topology, f.platform)
   except ValueError as e:
     raise app.UsageError(str(e), exitcode=2)
-  import jax
   jax.config.update("jax_platforms", "cpu")   # the host; targets come from topologies
   if target.platform == "cpu":
     set_host_device_count(target.num_devices)
   if target.platform == "tpu":
     quiet_libtpu(target)
-  from ssacl_jax import config_lib
   config = f.config
   config_lib.validate(config)
   try:

@@ -17,8 +17,17 @@ from ssacl_jax import aot
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = "tests/aot_tiny_config.py"
-HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
-HAS_CUDA_PLUGIN = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+
+
+def installed(module: str) -> bool:
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:   # a missing parent package
+    return False
+
+
+HAS_LIBTPU = installed("libtpu")
+HAS_CUDA_PLUGIN = installed("jax_plugins.xla_cuda12")
 NO_LIBTPU = "libtpu is not installed (pip install 'jax[tpu]==0.10.2', the `tpu` extra)"
 
 
