@@ -123,6 +123,7 @@ class CpuSampler:
   def __init__(self, interval: float = 0.2):
     self.interval = interval
     self.samples = []   # (own cores, [busy fraction per core], others' cores)
+    self.active = False  # sample only while set (e.g. during timed steps)
     self._stop = threading.Event()
     self._thread = None
 
@@ -136,15 +137,15 @@ class CpuSampler:
     self._thread.join()
 
   def _run(self):
-    prev_t, prev = time.perf_counter(), cpu_snapshot()
+    prev_t, prev, prev_active = time.perf_counter(), cpu_snapshot(), self.active
     while not self._stop.wait(self.interval):
-      now_t, now = time.perf_counter(), cpu_snapshot()
+      now_t, now, active = time.perf_counter(), cpu_snapshot(), self.active
       dt = now_t - prev_t
-      if dt > 0:
+      if dt > 0 and active and prev_active:
         own = (now[1] - prev[1]) / dt
         per_core = [min(1.0, (b - a) / dt) for a, b in zip(prev[2], now[2])]
         self.samples.append((own, per_core, other_cores(prev, now, dt)))
-      prev_t, prev = now_t, now
+      prev_t, prev, prev_active = now_t, now, active
 
   def summary(self) -> dict:
     if not self.samples:

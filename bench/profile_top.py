@@ -83,6 +83,31 @@ def hlo_index(text: str) -> dict:
   return out
 
 
+def busy_thread_histogram(ops: list[dict], span: float) -> dict:
+  """Fraction of the traced span during which 0, 1, 2, ... threads ran an op."""
+  by_thread = collections.defaultdict(list)
+  for e in ops:
+    by_thread[(e["pid"], e["tid"])].append((e["ts"], e["ts"] + e["dur"]))
+  edges = []
+  for intervals in by_thread.values():
+    intervals.sort()
+    cur_s, cur_e = intervals[0]
+    for s, e in intervals[1:]:          # merge nested / overlapping events of one thread
+      if s <= cur_e:
+        cur_e = max(cur_e, e)
+      else:
+        edges += [(cur_s, 1), (cur_e, -1)]
+        cur_s, cur_e = s, e
+    edges += [(cur_s, 1), (cur_e, -1)]
+  edges.sort()
+  hist = collections.defaultdict(float)
+  level, prev = 0, edges[0][0]
+  for t, d in edges:
+    hist[level] += t - prev
+    level, prev = level + d, t
+  return {str(k): round(v / span, 3) for k, v in sorted(hist.items())}
+
+
 def summarize(path: pathlib.Path, top: int = 30, hlo: str = "") -> dict:
   trace = newest_trace(path)
   data = json.load(gzip.open(trace))
@@ -104,6 +129,7 @@ def summarize(path: pathlib.Path, top: int = 30, hlo: str = "") -> dict:
     by_kind[kind][0] += e["dur"]
     by_kind[kind][1] += 1
   total = sum(per_thread.values())
+  concurrency = busy_thread_histogram(ops, span)
   index = hlo_index(pathlib.Path(hlo).read_text()) if hlo else {}
 
   def rows(table, annotate):
@@ -122,6 +148,7 @@ def summarize(path: pathlib.Path, top: int = 30, hlo: str = "") -> dict:
       "threads": {threads.get(k, str(k)): {"busy_ms": round(v / 1e3, 3),
                                           "busy_frac_of_span": round(v / span, 3)}
                   for k, v in sorted(per_thread.items(), key=lambda kv: -kv[1])},
+      "time_frac_by_busy_threads": concurrency,
       "top_ops": rows(by_name, True), "top_kinds": rows(by_kind, False),
   }
 

@@ -54,10 +54,10 @@ def parse_args(argv=None):
   p.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS")
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="config override, e.g. --set model.remat=True (repeatable)")
-  p.add_argument("--quiet_wait", type=float, default=120.0,
+  p.add_argument("--quiet_wait", type=float, default=60.0,
                  help="before each timed step wait up to this many s for other processes to "
                       "use < 0.3 cores (0: off)")
-  p.add_argument("--max_attempts_factor", type=int, default=3,
+  p.add_argument("--max_attempts_factor", type=int, default=2,
                  help="repeat steps disturbed by other processes (>= 0.2 cores), at most this "
                       "factor x --steps attempts")
   p.add_argument("--wait_load", type=float, default=0.0,
@@ -220,19 +220,29 @@ def hand_flops(config, batch: int, *, release: bool = False, release_prompt_frac
 
 # ----------------------------------------------------------------------------- peak
 def measured_matmul_peak(n: int = 2048, reps: int = 10) -> dict:
-  """FLOP/s of a jitted n^3 float32 matmul (median of reps) on the default device."""
+  """FLOP/s of a jitted n^3 float32 matmul on the default device (median of reps), and
+  FLOPs per CPU-second of this process (robust to other processes' load: x cores gives
+  the quiet-machine peak)."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   f = jax.jit(lambda x, y: x @ y)
   f(a, b).block_until_ready()
   times = []
+  s0 = benchlib.cpu_snapshot()
+  w0 = time.perf_counter()
   for _ in range(reps):
     t0 = time.perf_counter()
     f(a, b).block_until_ready()
     times.append(time.perf_counter() - t0)
+  wall = time.perf_counter() - w0
+  s1 = benchlib.cpu_snapshot()
   med = statistics.median(times)
-  return {"flops_per_s": 2 * n ** 3 / med, "source": f"measured {n}^3 f32 matmul, median of {reps}",
-          "best_flops_per_s": 2 * n ** 3 / min(times)}
+  flops = 2 * n ** 3
+  return {"flops_per_s": flops / med, "source": f"measured {n}^3 f32 matmul, median of {reps}",
+          "best_flops_per_s": flops / min(times),
+          "flops_per_cpu_s": flops * reps / max(s1[1] - s0[1], 1e-9),
+          "cpu_util": round((s1[1] - s0[1]) / wall, 3),
+          "other_cores": round(benchlib.other_cores(s0, s1, wall), 3)}
 
 
 def device_peak(spec: str) -> dict:
@@ -399,23 +409,37 @@ def main():
     jax.block_until_ready((s, metrics))
     return s, metrics
 
-  # Warm-up, then timed steps until `steps` ran undisturbed (or the attempts ran out).
+  # Warm-up, then (quiet machine) the peak and the profiled step, then timed steps until
+  # `steps` ran undisturbed (or the attempts ran out).
   recs = []
   sampler = benchlib.CpuSampler(0.2)
+  peak = profile = None
   it = 0
   while (it < a.warmup
          or (sum(r["other_cores"] < 0.2 for r in recs if not r["warmup"]) < a.steps
              and it < a.warmup + max(1, a.max_attempts_factor) * a.steps)):
     warm = it < a.warmup
-    pre = benchlib.wait_quiet(a.quiet_wait) if not warm and a.quiet_wait > 0 else None
-    if not warm and sampler._thread is None:
+    if not warm and peak is None:
+      if a.quiet_wait > 0:
+        benchlib.wait_quiet(a.quiet_wait)
+      peak = device_peak(a.peak)
+      if a.profile_dir:
+        if a.quiet_wait > 0:
+          benchlib.wait_quiet(a.quiet_wait)
+        jax.profiler.start_trace(a.profile_dir, create_perfetto_trace=True)
+        state, metrics = run_step(state)
+        jax.profiler.stop_trace()
+        profile = a.profile_dir
       sampler.__enter__()
+    pre = benchlib.wait_quiet(a.quiet_wait) if not warm and a.quiet_wait > 0 else None
+    sampler.active = not warm
     s0, t0 = benchlib.cpu_snapshot(), time.perf_counter()
     state, metrics = run_step(state)
     dt = time.perf_counter() - t0
     s1 = benchlib.cpu_snapshot()
+    sampler.active = False
     rec = {"step": it, "warmup": warm, "total_s": round(dt, 4),
-           "cpu_util": round((s1[1] - s0[1]) / dt, 3),
+           "cpu_util": round((s1[1] - s0[1]) / dt, 3), "cpu_s": round(s1[1] - s0[1], 3),
            "other_cores": round(benchlib.other_cores(s0, s1, dt), 3),
            "other_cores_before": None if pre is None else round(pre, 3),
            "per_core_busy": [round((b - c) / dt, 3) for c, b in zip(s0[2], s1[2])],
@@ -427,13 +451,6 @@ def main():
     sampler.__exit__(None, None, None)
   if not np.isfinite(recs[-1]["loss"]):
     raise FloatingPointError(f"non-finite loss: {recs[-1]}")
-
-  profile = None
-  if a.profile_dir:
-    jax.profiler.start_trace(a.profile_dir, create_perfetto_trace=True)
-    state, metrics = run_step(state)
-    jax.profiler.stop_trace()
-    profile = a.profile_dir
 
   device_peak_gib = None
   if jax.default_backend() != "cpu":
@@ -450,7 +467,6 @@ def main():
   xla_flops = cost.get("flops") if cost else None
   if xla_flops is not None and len(devices) > 1:
     xla_flops *= len(devices)   # cost_analysis is per device (SPMD program)
-  peak = device_peak(a.peak)
   peak_total = peak["flops_per_s"] * (len(devices) if jax.default_backend() != "cpu" else 1)
 
   report = {
@@ -467,6 +483,8 @@ def main():
       "median_step_s": round(med, 4),
       "median_step_s_clean": None if med_clean is None else round(med_clean, 4),
       "n_clean": len(clean), "step_s_all": [r["total_s"] for r in timed],
+      # CPU-seconds this process spent per step: robust to other processes' load
+      "median_cpu_s_per_step": round(statistics.median(r["cpu_s"] for r in timed), 3),
       "examples_per_s": round(batch_size / step_s, 4),
       "peak_rss_gib": round(benchlib.peak_rss_bytes() / benchlib.GIB, 3),
       "peak_rss_gib_after_compile": round(peak_after_compile / benchlib.GIB, 3),
@@ -482,6 +500,10 @@ def main():
       "xla_over_hand": None if not xla_flops else round(xla_flops / hand["step"], 4),
       "peak": {**peak, "flops_per_s_all_devices": peak_total},
       "mfu_hand": round(hand["step"] / step_s / peak_total, 4),
+      # contention-robust: model FLOPs per CPU-second of the step over the matmul's
+      "mfu_hand_cpu_time": (round(hand["step"] / statistics.median(r["cpu_s"] for r in timed)
+                                  / peak["flops_per_cpu_s"], 4)
+                            if "flops_per_cpu_s" in peak else None),
       "mfu_xla": None if not xla_flops else round(xla_flops / step_s / peak_total, 4),
       "achieved_tflops_hand": round(hand["step"] / step_s / 1e12, 4),
       "cpu_sampler": sampler.summary(),

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import time
@@ -87,6 +88,7 @@ def ours_train_figures(d: dict) -> dict:
           "xla_gflops": None if d.get("xla_flops_per_step") is None
           else round(d["xla_flops_per_step"] / 1e9, 1),
           "mean_cpu_util": d.get("mean_cpu_util"), "mfu_hand": d.get("mfu_hand"),
+          "median_cpu_s_per_step": d.get("median_cpu_s_per_step"),
           "load1_at_start": d["load_wait"]["load1"]}
 
 
@@ -98,6 +100,8 @@ def peer_train_figures(d: dict) -> dict:
           "median_opt_s": d.get("median_opt_s"),
           "mean_cpu_util": round(sum(r["cpu_util"] for r in d["records"] if not r["warmup"])
                                  / max(1, sum(not r["warmup"] for r in d["records"])), 3),
+          "median_cpu_s_per_step": round(statistics.median(
+              r["cpu_util"] * r["total_s"] for r in d["records"] if not r["warmup"]), 3),
           "threads": d["env"].get("threads"), "torch": d["env"].get("torch")}
 
 
@@ -112,7 +116,9 @@ def main(argv=None):
   p.add_argument("--ours_args", default="", help="extra arguments for bench/train_step.py")
   p.add_argument("--peer", default=str(PEER))
   p.add_argument("--peer_python", default=str(PEER_PY))
-  p.add_argument("--peer_quiet_wait", type=float, default=300.0)
+  p.add_argument("--peer_quiet_wait", type=float, default=60.0)
+  p.add_argument("--attempts_factor", type=int, default=2,
+                 help="both sides repeat disturbed steps up to this factor x --steps")
   p.add_argument("--wait_load", type=float, default=0.8)
   p.add_argument("--wait_load_max_s", type=float, default=1200.0)
   p.add_argument("--peer_mem_gib", type=float, default=18.5,
@@ -138,10 +144,12 @@ def main(argv=None):
       ours_json, peer_json = out_dir / f"ours_train_b{b}.json", out_dir / f"peer_train_b{b}.json"
       ours_cmd = [py, "bench/train_step.py", "--config", args.config, "--batch", str(b),
                   "--steps", str(args.steps), "--json", str(ours_json),
-                  *args.ours_args.split()]
+                  "--quiet_wait", str(args.peer_quiet_wait),
+                  "--max_attempts_factor", str(args.attempts_factor), *args.ours_args.split()]
       peer_cmd = [args.peer_python, args.peer, "--batch", str(b), "--steps", str(args.steps),
                   "--json", str(peer_json), "--no-dead-mlm",
-                  "--quiet-wait", str(args.peer_quiet_wait)]
+                  "--quiet-wait", str(args.peer_quiet_wait),
+                  "--max-attempts-factor", str(args.attempts_factor)]
       jobs = [("ours", ours_cmd, ours_json, 0.0),
               ("peer", peer_cmd, peer_json, args.peer_mem_gib if b >= 8 else 0.0)]
       if i % 2:
@@ -162,6 +170,9 @@ def main(argv=None):
         o, t = entry["ours"], entry["peer"]
         entry["step_time_ratio_ours_over_peer"] = round(o["step_s"] / t["step_s"], 3)
         entry["meets_step_target"] = entry["step_time_ratio_ours_over_peer"] <= TARGET_TRAIN_RATIO
+        if o.get("median_cpu_s_per_step") and t.get("median_cpu_s_per_step"):
+          entry["cpu_s_ratio_ours_over_peer"] = round(
+              o["median_cpu_s_per_step"] / t["median_cpu_s_per_step"], 3)
         om = o.get("child_peak_rss_gib") or o["peak_rss_gib"]
         tm = t.get("child_peak_rss_gib") or t["peak_rss_gib"]
         entry["peak_rss_ratio_ours_over_peer"] = round(om / tm, 3)
@@ -178,7 +189,7 @@ def main(argv=None):
                 "--json", str(ours_json)]
     peer_cmd = [args.peer_python, args.peer, "--generate", "--batch", str(b),
                 "--steps", str(args.gen_steps), "--json", str(peer_json), "--no-dead-mlm",
-                "--quiet-wait", str(args.peer_quiet_wait)]
+                "--quiet-wait", str(args.peer_quiet_wait), "--max-attempts-factor", "1"]
     res = {"ours": run_child(f"ours generate b{b}", ours_cmd, ours_json,
                              out_dir / f"ours_generate_b{b}.log", args),
            "peer": run_child(f"peer generate b{b}", peer_cmd, peer_json,

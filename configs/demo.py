@@ -33,7 +33,4 @@ def get_config(arg=None):
   c.eval.batch_size = 32
   c.eval.decode.max_new_tokens = 130
   c.eval.decode.min_new_tokens = 40  # SPEC's 80 counts GPT-2 tokens of MIMIC reports
-  # SPEC's 2.0 is for GPT-2's 50k vocabulary; with a ~600-piece vocabulary the common
-  # pieces ('.', 'no', 'is') must repeat.
-  c.eval.decode.repetition_penalty = 1.0
   return c

@@ -24,18 +24,4 @@ from ssacl_jax import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, batch=256, steps=100_000, fsdp=16, tensor=1, accum=1,
-                           remat=False, fp32=False, dataset="mimic_cxr")
-  c = config_lib.base_config()
-  c.model.dtype = "float32" if a.fp32 else "bfloat16"
-  c.model.param_dtype = "float32"
-  c.model.remat = a.remat
-  c.data.dataset = a.dataset
-  c.data.num_workers = 4
-  c.train.global_batch_size = a.batch
-  c.train.grad_accum_steps = a.accum
-  c.train.num_steps = a.steps
-  c.mesh.shape = (-1, a.fsdp, a.tensor)
-  c.sharding_rules = config_lib.DEFAULT_SHARDING_RULES   # embed->fsdp, mlp/heads/vocab->tensor
-  c.eval.batch_size = 128
-  return c
+  return config_lib.pod_config(arg, fsdp=16, num_workers=4, eval_batch_size=128)

@@ -259,3 +259,24 @@ def run_app(main) -> None:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2)
   app.run(main)
+
+
+def pod_config(arg, *, fsdp: int, num_workers: int, eval_batch_size: int):
+  """The paper model on an accelerator slice: bf16 compute, float32 parameters, a
+  (data, fsdp, tensor) mesh. Variants: batch, steps, fsdp, tensor, accum, remat, fp32,
+  dataset (`configs/tpu_v5e_256.py:batch=1024,remat`)."""
+  a = parse_arg(arg, batch=256, steps=100_000, fsdp=fsdp, tensor=1, accum=1, remat=False,
+                fp32=False, dataset="mimic_cxr")
+  c = base_config()
+  c.model.dtype = "float32" if a.fp32 else "bfloat16"
+  c.model.param_dtype = "float32"
+  c.model.remat = a.remat
+  c.data.dataset = a.dataset
+  c.data.num_workers = num_workers
+  c.train.global_batch_size = a.batch
+  c.train.grad_accum_steps = a.accum
+  c.train.num_steps = a.steps
+  c.mesh.shape = (-1, a.fsdp, a.tensor)
+  c.sharding_rules = DEFAULT_SHARDING_RULES   # embed->fsdp, mlp/heads/vocab->tensor
+  c.eval.batch_size = eval_batch_size
+  return c

@@ -238,7 +238,7 @@ def anatomical_consistency_loss(anat_emb, text_emb, scale, lam: float = 0.1, *,
     per_sample = jax.lax.map(step, (a_pad.reshape(n_chunks, chunk_size, k, -1),
                                     p_pad.reshape(n_chunks, chunk_size, b)))
     per_sample = per_sample.reshape(-1)[:b]
-  return jnp.sum(per_sample) / (b * b * k)
+  return jnp.sum(per_sample) / float(b * b * k)  # a Python int overflows int32 for b > 9268
 
 
 # ----------------------------------------------------------------------------- L_lm
