@@ -329,6 +329,20 @@ def stack_examples(examples: Sequence[dict]) -> dict:
   return out
 
 
+def read_prepared(source, record_index: int, tracker: SkipTracker):
+  """(prepared record, raw record); prepared is None, and the skip counted and logged,
+  when the record is unusable."""
+  record = None
+  try:
+    record = read_record(source, record_index)
+    prepared = prepare_record(record)
+  except transforms.BadRecord as e:
+    tracker.skip(record_index, study_id_of(record), e)
+    return None, record
+  tracker.ok()
+  return prepared, record
+
+
 class _TrainMap:
   """(stream position, record index) -> training example, or None for a bad record."""
 
@@ -344,14 +358,9 @@ class _TrainMap:
   def __call__(self, position: int, record_index: int) -> dict | None:
     record_index = int(record_index)
     epoch = int(position) // self.num_records
-    record = None
-    try:
-      record = read_record(self.source, record_index)
-      prepared = prepare_record(record)
-    except transforms.BadRecord as e:
-      self.tracker.skip(record_index, study_id_of(record), e)
+    prepared, _ = read_prepared(self.source, record_index, self.tracker)
+    if prepared is None:
       return None
-    self.tracker.ok()
     rng = np.random.default_rng([self.seed, record_index, epoch])
     return train_example(prepared, rng, self.opts, self.text_tok, self.decoder_tok)
 
@@ -369,16 +378,11 @@ class _EvalMap:
     if position >= len(self.indices):
       return blank_eval_example(self.opts)
     record_index = self.indices[position]
-    record = None
-    try:
-      record = read_record(self.source, record_index)
-      prepared = prepare_record(record)
-    except transforms.BadRecord as e:
-      self.tracker.skip(record_index, study_id_of(record), e)
+    prepared, record = read_prepared(self.source, record_index, self.tracker)
+    if prepared is None:
       blank = blank_eval_example(self.opts)
       blank["study_id"] = study_id_of(record) if record is not None else ""
       return blank
-    self.tracker.ok()
     return eval_example(prepared, self.opts, self.text_tok, self.decoder_tok,
                         self.use_prompt)
 
