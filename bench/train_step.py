@@ -73,6 +73,9 @@ def parse_args(argv=None):
   p.add_argument("--compile_only", action="store_true",
                  help="lower and compile from the abstract state (nothing allocated); report "
                       "compile time, memory_analysis and FLOPs only")
+  p.add_argument("--trainer_compiler_options", type=int, default=1,
+                 help="1: compile with train.compiler_options() as the trainer does (if the "
+                      "imported package has it); 0: XLA defaults (plus --xla_flags)")
   p.add_argument("--src", default="",
                  help="import ssacl_jax from this folder instead of the checkout (before/after "
                       "comparisons against a copy of the package)")
@@ -319,6 +322,13 @@ def cost_figures(compiled) -> dict:
 
 
 # ----------------------------------------------------------------------------- main
+def trainer_options(a) -> dict | None:
+  """The compiler options train.train_and_evaluate jits the step with (None: defaults)."""
+  if not a.trainer_compiler_options or not hasattr(train, "compiler_options"):
+    return None
+  return train.compiler_options()
+
+
 def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine):
   """Compile from ShapeDtypeStructs; report compile time, memory and FLOPs."""
   setup = train.setup_state(config, model, mesh, (ids_np, mask_np))
@@ -331,11 +341,12 @@ def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine):
                  in_shardings=(setup.shardings, batch_sharding, replicated, replicated,
                                replicated),
                  out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
+  options = trainer_options(a)
   t0 = time.perf_counter()
   lowered = step.lower(setup.abstract_state, batch, sds(ids_np, replicated),
                        sds(mask_np, replicated), jax.ShapeDtypeStruct(key.shape, key.dtype))
   t1 = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options=options)
   t2 = time.perf_counter()
   if a.dump_hlo:
     pathlib.Path(a.dump_hlo).write_text(compiled.as_text())
@@ -345,7 +356,8 @@ def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine):
       "bench": "train_step_compile_only", "config": a.config, "overrides": a.set,
       "batch": config.train.global_batch_size, "dtype": config.model.dtype,
       "remat": config.model.remat, "backend": jax.default_backend(),
-      "devices": mesh.size, "xla_flags": os.environ.get("XLA_FLAGS", ""), "machine": machine,
+      "devices": mesh.size, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "compiler_options": trainer_options(a), "machine": machine,
       "lower_s": round(t1 - t0, 2), "compile_s": round(t2 - t1, 2),
       "compiled_memory": memory_figures(compiled),
       "xla_flops_per_step": cost.get("flops"), "hand_flops_per_step": hand["step"],
@@ -391,10 +403,11 @@ def main():
                                replicated),
                  out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
   rss_before_compile = benchlib.current_rss_bytes()
+  options = trainer_options(a)
   t0 = time.perf_counter()
   lowered = step.lower(state, batch, ids, mask, key)
   t1 = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options=options)
   t2 = time.perf_counter()
   lower_s, compile_s = t1 - t0, t2 - t1
   peak_after_compile = benchlib.peak_rss_bytes()
@@ -475,7 +488,8 @@ def main():
       "remat": config.model.remat, "backend": jax.default_backend(),
       "device_kind": jax.devices()[0].device_kind, "devices": len(devices),
       "mesh": dict(mesh.shape), "jax": jax.__version__,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""), "params": n_params,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), "compiler_options": options,
+      "params": n_params,
       "src": str(pathlib.Path(ssacl.__file__).resolve().parents[2]),
       "machine": machine, "load_wait": LOAD_WAIT,
       "init_s": round(init_s, 2), "lower_s": round(lower_s, 2), "compile_s": round(compile_s, 2),

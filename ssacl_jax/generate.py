@@ -292,6 +292,27 @@ def nucleus_sample(rng, lm: LanguageModel, prefix, prefix_valid, cfg: DecodeConf
 
 # -- beam search ---------------------------------------------------------------------------------
 
+def _top_k(x, k: int):
+  """jax.lax.top_k over the last axis as k passes of (max, first index holding it).
+
+  The same values, indices and tie order (the lower index first) as jax.lax.top_k, which
+  XLA:CPU lowers to a full sort of each row: for beam search's [B, num_beams * V] candidate
+  scores that sort was over half of the decoding time at the paper's sizes
+  (bench/RESULTS.md). k is small (2 * num_beams), so k linear passes are far cheaper.
+  """
+  positions = jnp.arange(x.shape[-1])
+  taken = jnp.zeros(x.shape, bool)
+  values, indices = [], []
+  for _ in range(k):
+    masked = jnp.where(taken, -jnp.inf, x)
+    best = jnp.max(masked, axis=-1)
+    index = jnp.argmax(~taken & (masked == best[..., None]), axis=-1).astype(jnp.int32)
+    taken = taken | (positions == index[..., None])
+    values.append(best)
+    indices.append(index)
+  return jnp.stack(values, axis=-1), jnp.stack(indices, axis=-1)
+
+
 def _keep_best(scores, tokens, lengths, new_scores, new_tokens, new_lengths, k: int):
   """Top k of (kept + new) hypotheses by score; ties keep the earlier (kept first)."""
   all_scores = jnp.concatenate([scores, new_scores], axis=1)
@@ -333,7 +354,7 @@ def beam_search(lm: LanguageModel, prefix, prefix_valid, cfg: DecodeConfig, prom
     step, done, seqs = s["step"], s["done"], s["seqs"]
     logp = process(jax.nn.log_softmax(s["logits"]), s["seen"], step, cfg)
     total = logp.reshape(b, k, vocab) + s["beam_scores"][:, :, None]
-    cand_scores, cand = jax.lax.top_k(total.reshape(b, k * vocab), 2 * k)
+    cand_scores, cand = _top_k(total.reshape(b, k * vocab), 2 * k)
     cand_beam, cand_token = cand // vocab, cand % vocab
     is_eos = cand_token == cfg.eos_id
     cur_len = step + 1

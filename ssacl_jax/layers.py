@@ -67,27 +67,32 @@ def causal_bias(length: int):
   return jnp.asarray(np.where(allowed, 0.0, NEG_INF), jnp.float32)[None, None]
 
 
-def attention_core(q, k, v, bias, *, dtype):
+def attention_core(q, k, v, bias, *, dtype, heads_major_kv: bool = False):
   """softmax(q k^T / sqrt(Dh) + bias) v -> (out [B, Lq, H, Dh], weights [B, H, Lq, Lk]).
 
-  q [B, Lq, H, Dh], k/v [B, Lk, H, Dh]; scores and softmax in float32.
+  q [B, Lq, H, Dh]; k/v [B, Lk, H, Dh], or [B, H, Lk, Dh] with heads_major_kv (the KV
+  cache's layout); scores and softmax in float32.
   """
   head_dim = q.shape[-1]
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype)) / np.sqrt(head_dim).astype(q.dtype)
+  kv = "bhkd" if heads_major_kv else "bkhd"
+  logits = jnp.einsum(f"bqhd,{kv}->bhqk", q, k.astype(q.dtype)) / np.sqrt(head_dim).astype(q.dtype)
   logits = logits.astype(jnp.float32)
   if bias is not None:
     logits = logits + bias
   weights = jax.nn.softmax(logits, axis=-1)
-  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v.astype(dtype))
+  out = jnp.einsum(f"bhqk,{kv}->bqhd", weights.astype(dtype), v.astype(dtype))
   return out, weights
 
 
 class MultiHeadAttention(nn.Module):
   """Attention with separate q/k/v projections, an additive bias and an optional KV cache.
 
-  `cache` is (keys, values) [B, S_max, H, Dh] plus `cache_index` (scalar int32): the new
+  `cache` is (keys, values) [B, H, S_max, Dh] plus `cache_index` (scalar int32): the new
   keys/values are written at cache_index and attention runs over the whole cache (the
-  bias must hide unwritten slots). Returns (out, new_cache, weights or None).
+  bias must hide unwritten slots). Returns (out, new_cache, weights or None). The cache is
+  heads-major so that each decoding step's two attention matmuls read it in place: with
+  [B, S_max, H, Dh] XLA:CPU transposed every layer's whole cache at every step (a third of
+  greedy decoding's time at the paper's sizes, bench/RESULTS.md).
   """
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -109,10 +114,13 @@ class MultiHeadAttention(nn.Module):
     new_cache = None
     if cache is not None:
       cache_k, cache_v = cache
-      k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), cache_index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), cache_index, axis=1)
+      # [B, L, H, Dh] -> [B, H, L, Dh], written at slots cache_index.. of the cache.
+      write = lambda c, new: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
+          c, jnp.swapaxes(new, 1, 2).astype(c.dtype), cache_index, axis=2)
+      k, v = write(cache_k, k), write(cache_v, v)
       new_cache = (k, v)
-    attend = functools.partial(attention_core, dtype=self.dtype)
+    attend = functools.partial(attention_core, dtype=self.dtype,
+                               heads_major_kv=cache is not None)
     if return_weights:
       out, weights = attend(q, k, v, bias)
     elif cache is not None:

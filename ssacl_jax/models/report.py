@@ -71,6 +71,6 @@ class ReportDecoder(nn.Module):
     return layers.constrain(out, ("batch", "length", "act_vocab"))
 
   def init_cache(self, batch: int, max_len: int, dtype=jnp.float32):
-    """Zero caches: a list (one per block) of (keys, values) [B, max_len, H, Dh]."""
-    shape = (batch, max_len, self.num_heads, self.width // self.num_heads)
+    """Zero caches: a list (one per block) of (keys, values) [B, H, max_len, Dh]."""
+    shape = (batch, self.num_heads, max_len, self.width // self.num_heads)
     return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(self.depth)]
