@@ -7,21 +7,27 @@ length penalty 2.0, stop at the newline. The release calls Hugging Face `generat
 optional prompt) into the cache, then a `lax.while_loop` picks one token per step and
 feeds it back, stopping early once every sequence is finished.
 
-The core is independent of SS-ACL. A `LanguageModel` bundles three pure functions:
-  decode_fn(embeds [R, L, W], key_valid [R, S], caches, cache_index) -> (logits [R, L, V],
-      caches): writes the L inputs at cache slots cache_index.. and attends causally to the
-      cache slots marked in key_valid (S = cache size);
+The core is independent of SS-ACL. A `LanguageModel` bundles four pure functions and
+the caches' slot axis:
+  decode_fn(embeds [R, L, W], key_valid [R, S], caches, cache_index, positions [R, L]) ->
+      (hidden [R, L, W], caches): writes the L inputs at cache slots cache_index.. and
+      attends causally to the cache slots marked in key_valid (S = cache size); positions
+      are the inputs' positions in the sequence the model was trained on;
+  logits_fn(hidden [..., W]) -> logits [..., V] float32;
   embed_fn(ids [R, L]) -> embeds [R, L, W];
-  init_cache_fn(rows, size) -> zero caches (any pytree whose leaves have rows on axis 0).
+  init_cache_fn(rows, size) -> zero caches (a pytree whose leaves have rows on axis 0 and
+      the `size` cache slots on axis `slot_axis`).
 
 Cache layout, [prefix P | prompt Lp | generated T]: key_valid is the prefix mask (for
 SS-ACL: leaf queries visible per sample, CLS hidden, patches visible), then the prompt mask
 (right-padded), then each generated slot as soon as it is written. The first token comes
 from the logits at the last real prompt position (the last prefix position without a
-prompt), so with right-padded prompts of different lengths it is still exact; the
-generated tokens of a row whose prompt is shorter than Lp sit Lp - len(prompt) positions
-later than in training (the decoder derives positions from cache slots). Rows with equal
-prompt lengths (or none) match training exactly.
+prompt), and generated token t of a row sits at position P + len(prompt) + t, as in
+training, whatever the padding of the prompt block: batched rows with prompts of
+different lengths decode exactly as they would alone. Only the last prompt position is
+mapped to the vocabulary in the prefill. Beam search keeps one copy of the cache per beam
+and, when beams are reordered, moves only the generated slots (the prefix and prompt
+slots are the same for all of a sample's beams).
 
 Hugging Face semantics reproduced (with `inputs_embeds`, HF's `input_ids` hold only the
 generated tokens, and `decoder_prompt_len` is 0):
@@ -117,8 +123,10 @@ def decode_config(config: Any = None, **overrides) -> DecodeConfig:
 
 class LanguageModel(NamedTuple):
   decode_fn: Callable
+  logits_fn: Callable
   embed_fn: Callable
   init_cache_fn: Callable
+  slot_axis: int
 
 
 class Generation(NamedTuple):
@@ -183,6 +191,7 @@ class Prefilled(NamedTuple):
   base_valid: jax.Array  # bool [B, S]: prefix + prompt validity, generated slots False
   start: int             # cache slot of the first generated token (P + Lp)
   seen: jax.Array        # bool [B, V]: tokens that count as already present
+  position: jax.Array    # int32 [B]: position of the first generated token (P + len(prompt))
 
 
 def prefill(lm: LanguageModel, prefix, prefix_valid, cfg: DecodeConfig, prompt_ids=None,
@@ -202,24 +211,26 @@ def prefill(lm: LanguageModel, prefix, prefix_valid, cfg: DecodeConfig, prompt_i
   start = embeds.shape[1]
   base_valid = jnp.concatenate([valid, jnp.zeros((b, cfg.max_new_tokens), bool)], axis=1)
   caches = lm.init_cache_fn(b, start + cfg.max_new_tokens)
-  logits, caches = lm.decode_fn(embeds, base_valid.astype(jnp.int32), caches,
-                                jnp.asarray(0, jnp.int32))
-  first = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+  positions = jnp.broadcast_to(jnp.arange(start, dtype=jnp.int32), (b, start))
+  hidden, caches = lm.decode_fn(embeds, base_valid.astype(jnp.int32), caches,
+                                jnp.asarray(0, jnp.int32), positions)
+  first = lm.logits_fn(jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0])
   seen = jnp.zeros(first.shape, bool)
   if cfg.penalize_prompt and prompt_ids is not None:
     rows = jnp.broadcast_to(jnp.arange(b)[:, None], prompt_ids.shape)
     seen = seen.at[rows, prompt_ids].max(prompt_mask.astype(bool))
-  return Prefilled(first, caches, base_valid, start, seen)
+  return Prefilled(first.astype(jnp.float32), caches, base_valid, start, seen, last + 1)
 
 
-def feed(lm: LanguageModel, tokens, caches, base_valid, start: int, step):
-  """Writes tokens [R] at slot start + step; returns (logits [R, V] for the next, caches)."""
+def feed(lm: LanguageModel, tokens, caches, base_valid, start: int, step, position):
+  """Writes tokens [R] at slot start + step, position [R] + step; returns (logits [R, V]
+  for the next token, caches)."""
   slots = jnp.arange(base_valid.shape[1])
   written = (slots >= start) & (slots <= start + step)
   valid = (base_valid | written[None]).astype(jnp.int32)
-  logits, caches = lm.decode_fn(lm.embed_fn(tokens[:, None]), valid, caches,
-                                jnp.asarray(start + step, jnp.int32))
-  return logits[:, 0].astype(jnp.float32), caches
+  hidden, caches = lm.decode_fn(lm.embed_fn(tokens[:, None]), valid, caches,
+                                jnp.asarray(start + step, jnp.int32), (position + step)[:, None])
+  return lm.logits_fn(hidden[:, 0]).astype(jnp.float32), caches
 
 
 def _mark_seen(seen, tokens):
@@ -233,7 +244,7 @@ def teacher_forced_logits(lm: LanguageModel, prefix, prefix_valid, ids, cfg: Dec
 
   def step(caches, inputs):
     t, tok = inputs
-    logits, caches = feed(lm, tok, caches, pre.base_valid, pre.start, t)
+    logits, caches = feed(lm, tok, caches, pre.base_valid, pre.start, t, pre.position)
     return caches, logits
 
   steps = jnp.arange(ids.shape[1] - 1)
@@ -262,7 +273,8 @@ def _sequential(lm, prefix, prefix_valid, cfg, prompt_ids, prompt_mask, choose) 
     logp = jnp.take_along_axis(jax.nn.log_softmax(s["logits"]), token[:, None], axis=1)[:, 0]
     token = jnp.where(done, cfg.pad_id, token)
     ended = ~done & (token == cfg.eos_id)
-    logits, caches = feed(lm, token, s["caches"], pre.base_valid, pre.start, step)
+    logits, caches = feed(lm, token, s["caches"], pre.base_valid, pre.start, step,
+                          pre.position)
     return dict(
         step=step + 1, logits=logits, caches=caches, seen=_mark_seen(s["seen"], token),
         tokens=s["tokens"].at[:, step].set(token),
@@ -323,6 +335,15 @@ def _keep_best(scores, tokens, lengths, new_scores, new_tokens, new_lengths, k: 
           jnp.take_along_axis(all_lengths, idx, axis=1))
 
 
+def _reorder_generated(cache, rows, start: int, slot_axis: int):
+  """cache rows <- cache[rows], for the generated slots (start..) only: the prefix and
+  prompt slots are equal across a sample's beams, and copying them every step was a third
+  of beam search's time at the paper's sizes (bench/RESULTS.md)."""
+  generated = jax.lax.slice_in_dim(cache, start, cache.shape[slot_axis], axis=slot_axis)
+  return jax.lax.dynamic_update_slice_in_dim(cache, jnp.take(generated, rows, axis=0), start,
+                                             axis=slot_axis)
+
+
 def _length_norm(length, length_penalty: float):
   return jnp.asarray(length, jnp.float32) ** length_penalty
 
@@ -337,6 +358,7 @@ def beam_search(lm: LanguageModel, prefix, prefix_valid, cfg: DecodeConfig, prom
     raise ValueError("beam search needs a vocabulary of at least 2 tokens")
   expand = lambda x: jnp.repeat(x, k, axis=0)  # noqa: E731  rows b*k + beam
   base_valid = expand(pre.base_valid)  # identical across a sample's beams: never reordered
+  position = expand(pre.position)
   first_scores = jnp.full((k,), _BEAM_INIT_OFFSET, jnp.float32).at[0].set(0.0)
   init = dict(
       step=jnp.asarray(0, jnp.int32), logits=expand(pre.logits),
@@ -377,7 +399,8 @@ def beam_search(lm: LanguageModel, prefix, prefix_valid, cfg: DecodeConfig, prom
     beam_scores = jnp.take_along_axis(cand_scores, pick, axis=1)
     seqs = jnp.take_along_axis(seqs, beam[:, :, None], axis=1).at[:, :, step].set(token)
     rows = (jnp.arange(b)[:, None] * k + beam).reshape(-1)
-    caches = jax.tree.map(lambda c: jnp.take(c, rows, axis=0), s["caches"])
+    caches = jax.tree.map(
+        lambda c: _reorder_generated(c, rows, pre.start, lm.slot_axis), s["caches"])
     seen = _mark_seen(jnp.take(s["seen"], rows, axis=0), token.reshape(-1))
 
     # HF is_done (early_stopping=False): num_beams finished and none can be beaten.
@@ -385,7 +408,8 @@ def beam_search(lm: LanguageModel, prefix, prefix_valid, cfg: DecodeConfig, prom
     best_possible = cand_scores[:, 0] / _length_norm(cur_len, cfg.length_penalty)
     done = done | (full & (jnp.min(fin[0], axis=1) >= best_possible))
 
-    logits, caches = feed(lm, token.reshape(-1), caches, base_valid, pre.start, step)
+    logits, caches = feed(lm, token.reshape(-1), caches, base_valid, pre.start, step,
+                          position)
     return dict(step=step + 1, logits=logits, caches=caches, seen=seen, seqs=seqs,
                 beam_scores=beam_scores, fin_scores=fin[0], fin_tokens=fin[1],
                 fin_lengths=fin[2], done=done)
@@ -417,8 +441,12 @@ def run(lm: LanguageModel, prefix, prefix_valid, cfg: DecodeConfig, prompt_ids=N
 
 def ssacl_language_model(model, variables) -> LanguageModel:
   """The SS-ACL report decoder as a LanguageModel (its `decode` method with the KV cache)."""
-  def decode_fn(embeds, key_valid, caches, cache_index):
-    return model.apply(variables, embeds, key_valid, caches, cache_index, method=model.decode)
+  def decode_fn(embeds, key_valid, caches, cache_index, positions):
+    return model.apply(variables, embeds, key_valid, caches, cache_index, positions,
+                       method=model.decode)
+
+  def logits_fn(hidden):
+    return model.apply(variables, hidden, method=model.decoder_logits)
 
   def embed_fn(ids):
     return model.apply(variables, ids, method=model.embed_report_tokens)
@@ -426,7 +454,8 @@ def ssacl_language_model(model, variables) -> LanguageModel:
   def init_cache_fn(rows, size):
     return model.apply(variables, rows, size, method=model.init_decoder_cache)
 
-  return LanguageModel(decode_fn, embed_fn, init_cache_fn)
+  return LanguageModel(decode_fn, logits_fn, embed_fn, init_cache_fn,
+                       slot_axis=model.decoder_cache_slot_axis)
 
 
 def _generate_reports(model, cfg, variables, images, anatomy_ids, anatomy_mask, leaf_mask,

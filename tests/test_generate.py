@@ -22,8 +22,9 @@ from tests.tiny_config import tiny_config
 class ToyLM:
   """Deterministic order- and position-sensitive LM with a cache of raw embeddings.
 
-  logits(q) = tanh(sum_{k <= q, valid k} 0.7^(q-k) e_k M) O + pos[q]; the same function
-  serves incremental (cache_index > 0) and full (fresh cache, index 0) evaluation.
+  logits(q) = tanh(sum_{k <= q, valid k} 0.7^(q-k) e_k M) O + pos[position of q], k and q
+  cache slots; the same function serves incremental (cache_index > 0) and full (fresh
+  cache, index 0) evaluation. Its "hidden state" is already the logits.
   """
 
   def __init__(self, vocab=4, width=6, max_len=40, seed=0, scale=1.5):
@@ -34,7 +35,7 @@ class ToyLM:
     self.out = jnp.asarray(r.normal(size=(width, vocab)) * scale, jnp.float32)
     self.pos = jnp.asarray(r.normal(size=(max_len, vocab)) * 0.5, jnp.float32)
 
-  def decode_fn(self, embeds, key_valid, cache, cache_index):
+  def decode_fn(self, embeds, key_valid, cache, cache_index, positions):
     cache = jax.lax.dynamic_update_slice_in_dim(cache, embeds.astype(cache.dtype), cache_index,
                                                 axis=1)
     q = cache_index + jnp.arange(embeds.shape[1])
@@ -42,7 +43,7 @@ class ToyLM:
     allowed = (dist >= 0)[None] & key_valid[:, None, :].astype(bool)
     w = jnp.where(allowed, 0.7 ** jnp.maximum(dist, 0), 0.0)
     h = jnp.tanh(jnp.einsum("bls,bsw->blw", w, cache @ self.mix))
-    return h @ self.out + self.pos[q][None], cache
+    return h @ self.out + self.pos[positions], cache
 
   def embed_fn(self, ids):
     return self.table[ids]
@@ -52,7 +53,8 @@ class ToyLM:
 
   @property
   def lm(self):
-    return gen.LanguageModel(self.decode_fn, self.embed_fn, self.init_cache_fn)
+    return gen.LanguageModel(self.decode_fn, lambda hidden: hidden, self.embed_fn,
+                             self.init_cache_fn, slot_axis=1)
 
   def full_logits(self, prefix, prefix_valid, ids):
     """No cache: logits [N, T, V]; row t scores ids[:, t] from the prefix and ids[:, :t]."""
@@ -61,7 +63,8 @@ class ToyLM:
     valid = jnp.broadcast_to(prefix_valid, (len(ids), prefix_valid.shape[-1]))
     seq = jnp.concatenate([prefix, self.embed_fn(ids)], axis=1)
     valid = jnp.concatenate([valid, jnp.ones(ids.shape, jnp.int32)], axis=1)
-    logits, _ = self.decode_fn(seq, valid, jnp.zeros(seq.shape, jnp.float32), 0)
+    positions = jnp.broadcast_to(jnp.arange(seq.shape[1]), seq.shape[:2])
+    logits, _ = self.decode_fn(seq, valid, jnp.zeros(seq.shape, jnp.float32), 0, positions)
     p = prefix.shape[1]
     return np.asarray(logits[:, p - 1:p - 1 + ids.shape[1]], np.float64)
 
@@ -387,18 +390,17 @@ def test_cached_decoding_matches_full_recomputation(tiny):
   full = full_report_logits(tiny, prefix, valid, ids, jnp.ones(ids.shape, jnp.int32))
   np.testing.assert_allclose(cached, full, atol=1e-5, rtol=1e-5)
 
-  # Right-padded prompts of different lengths: the first token is read at each row's last
-  # real prompt position; later tokens sit after the padded prompt block.
+  # Right-padded prompts of different lengths: each row decodes as the training sequence
+  # [prefix | its prompt | report] without the padding (same logits, same positions).
   prompt = jnp.asarray(r.integers(0, tiny["vocab"], size=(3, 4)), jnp.int32)
   pmask = jnp.array([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]], jnp.int32)
   cached = jax.jit(lambda p, pv, i, pi, pm: gen.teacher_forced_logits(lm, p, pv, i, cfg, pi, pm))(
       prefix, valid, ids, prompt, pmask)
-  full = full_report_logits(tiny, prefix, valid, jnp.concatenate([prompt, ids], axis=1),
-                            jnp.concatenate([pmask, jnp.ones(ids.shape, jnp.int32)], axis=1))
-  lens = np.asarray(pmask.sum(1))
-  for row in range(3):
-    np.testing.assert_allclose(cached[row, 0], full[row, lens[row]], atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(cached[row, 1:], full[row, 5:], atol=1e-5, rtol=1e-5)
+  for row, n in enumerate(np.asarray(pmask.sum(1))):
+    seq = jnp.concatenate([prompt[row:row + 1, :n], ids[row:row + 1]], axis=1)
+    full = full_report_logits(tiny, prefix[row:row + 1], valid[row:row + 1], seq,
+                              jnp.ones(seq.shape, jnp.int32))
+    np.testing.assert_allclose(cached[row], full[0, n:], atol=1e-5, rtol=1e-5)
 
 
 def test_ssacl_greedy_matches_recomputed_argmax(tiny):
@@ -451,6 +453,34 @@ def test_ssacl_batched_equals_per_example_and_one_trace_per_shape(tiny):
            dict(method="beam", num_beams=1, **kw))
   np.testing.assert_array_equal(g.tokens, b.tokens)
   np.testing.assert_allclose(g.scores, b.scores, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["beam", "greedy"])
+def test_ssacl_padded_prompts_decode_as_unpadded(tiny, method):
+  """A batch whose prompts are right-padded to a common block gives each row what that
+  row's unpadded prompt alone gives (generated tokens keep their training positions)."""
+  call = functools.partial(gen.generate_reports, tiny["model"], tiny["variables"])
+  cfg = gen.DecodeConfig(method=method, num_beams=3, max_new_tokens=6, min_new_tokens=2,
+                         eos_id=tiny["eos"], pad_id=0)
+  prompt = np.array([[7, 8, 9, 5], [10, 0, 0, 0], [11, 12, 0, 0]], np.int32)
+  pmask = (prompt > 0).astype(np.int32)
+  out = call(tiny["images"], tiny["ids"], tiny["mask"], tiny["leaf_mask"], cfg,
+             prompt_ids=prompt, prompt_mask=pmask)
+  for row, n in enumerate(pmask.sum(1)):
+    sl = slice(row, row + 1)
+    one = call(tiny["images"][sl], tiny["ids"], tiny["mask"], tiny["leaf_mask"][sl], cfg,
+               prompt_ids=prompt[sl, :n], prompt_mask=pmask[sl, :n])
+    np.testing.assert_array_equal(one.tokens[0], out.tokens[row])
+    np.testing.assert_allclose(one.scores[0], out.scores[row], rtol=1e-5)
+
+
+def test_beam_reorder_moves_only_generated_slots():
+  cache = jnp.arange(2 * 3 * 5, dtype=jnp.float32).reshape(2, 3, 5)  # [rows, x, slots]
+  out = np.asarray(gen._reorder_generated(cache, jnp.array([1, 1]), 3, slot_axis=2))
+  c = np.asarray(cache)
+  np.testing.assert_array_equal(out[:, :, :3], c[:, :, :3])
+  np.testing.assert_array_equal(out[0, :, 3:], c[1, :, 3:])
+  np.testing.assert_array_equal(out[1, :, 3:], c[1, :, 3:])
 
 
 def test_decode_config_rejects_unknown_and_bad_settings():

@@ -1,8 +1,8 @@
 """GPT-2 style report decoder (SPEC 2): causal, pre-norm, tied output embedding, KV cache.
 
-Positions are 0..S-1 over the whole sequence, prefix included, in training and in
-generation alike (the release uses attention-mask cumsum positions at generation time
-only; we keep one convention).
+Positions are 0..S-1 over the whole sequence, prefix included. In generation a row's
+tokens keep the positions they have in training even when the cache holds padding
+between its prompt and its report (the caller passes them).
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from ssacl_jax import layers
 from ssacl_jax.models.text import embedding
 
 Dtype = Any
+
+CACHE_SLOT_AXIS = 2  # init_cache: (keys, values) [B, H, slots, Dh]
 
 
 class ReportDecoder(nn.Module):
@@ -41,26 +43,29 @@ class ReportDecoder(nn.Module):
   def embed_tokens(self, ids):
     return self.wte(ids)
 
-  def __call__(self, embeds, key_valid, *, caches=None, cache_index=None):
+  def __call__(self, embeds, key_valid, *, caches=None, cache_index=None, positions=None):
     """embeds [B, L, W]; key_valid [B, S] (S = L without cache, S_max with cache).
 
     Without cache: causal attention over the L inputs at positions 0..L-1.
-    With cache: the inputs sit at positions cache_index..cache_index+L-1 and attend
-    causally to the whole cache; key_valid covers the cache. Returns (hidden after the
-    final norm [B, L, W], new caches or None).
+    With cache: the inputs are written at cache slots cache_index..cache_index+L-1 and
+    attend causally (by slot) to the whole cache; key_valid covers the cache. positions
+    [B, L] (default: the slots) are the position embeddings' indices. Returns (hidden
+    after the final norm [B, L, W], new caches or None).
     """
     length = embeds.shape[1]
-    if caches is None:
-      positions = jnp.arange(length)
-      causal = layers.causal_bias(length)
-    else:
-      positions = cache_index + jnp.arange(length)
-      key_pos = jnp.arange(key_valid.shape[1])
-      causal = jnp.where(key_pos[None, :] <= positions[:, None], 0.0, layers.NEG_INF)[None, None]
-    if positions.shape[0] > self.max_positions or (caches is not None and key_valid.shape[1] > self.max_positions):
+    if key_valid.shape[1] > self.max_positions:
       raise ValueError(f"sequence of {key_valid.shape[1]} tokens exceeds the decoder's "
                        f"{self.max_positions} positions")
-    x = embeds + self.wpe(positions)[None]
+    if caches is None:
+      slots = jnp.arange(length)
+      causal = layers.causal_bias(length)
+    else:
+      slots = cache_index + jnp.arange(length)
+      key_slots = jnp.arange(key_valid.shape[1])
+      causal = jnp.where(key_slots[None, :] <= slots[:, None], 0.0, layers.NEG_INF)[None, None]
+    if positions is None:
+      positions = slots[None]
+    x = embeds + self.wpe(positions)
     x = layers.constrain(x, ("batch", "length", "act_embed"))
     bias = causal + layers.key_mask_bias(key_valid)
     x, new_caches, _ = self.blocks(x, bias, caches=caches, cache_index=cache_index)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ssacl_jax import anatomy, layers, losses
 from ssacl_jax.models.image import ImageDecoder, ImageEncoder
-from ssacl_jax.models.report import ReportDecoder
+from ssacl_jax.models.report import CACHE_SLOT_AXIS, ReportDecoder
 from ssacl_jax.models.text import TextEncoder
 
 LOSS_NAMES = ("ir", "cl", "lm", "ar", "ac")
@@ -146,15 +146,21 @@ class SSACL(nn.Module):
   def embed_report_tokens(self, ids):
     return self.report_decoder.embed_tokens(ids)
 
-  def decode(self, embeds, key_valid, caches, cache_index):
+  def decode(self, embeds, key_valid, caches, cache_index, positions):
     """One incremental decoder call: embeds [B, L, Wd] written at cache_index.
 
     key_valid [B, S_max] marks the cache slots that may be attended (written and not
-    hidden). Returns (logits [B, L, V] float32, new caches).
+    hidden); positions [B, L] are the inputs' positions. Returns (hidden [B, L, Wd], new
+    caches); `decoder_logits` maps hidden states to the vocabulary.
     """
-    hidden, caches = self.report_decoder(embeds, key_valid, caches=caches,
-                                         cache_index=cache_index)
-    return self.report_decoder.logits(hidden).astype(jnp.float32), caches
+    return self.report_decoder(embeds, key_valid, caches=caches, cache_index=cache_index,
+                               positions=positions)
+
+  def decoder_logits(self, hidden):
+    """Hidden states [..., Wd] -> logits [..., V] float32 (the tied output embedding)."""
+    return self.report_decoder.logits(hidden).astype(jnp.float32)
+
+  decoder_cache_slot_axis = CACHE_SLOT_AXIS
 
   def init_decoder_cache(self, batch, max_len):
     return self.report_decoder.init_cache(batch, max_len, dtype_from_name(self.config.dtype))
