@@ -12,6 +12,7 @@ document; --json also writes it to a file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -24,6 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
+from bench import benchlib  # noqa: E402
 from ssacl_jax import generate as gen  # noqa: E402
 from ssacl_jax.models import ssacl  # noqa: E402
 
@@ -65,11 +67,15 @@ def time_one(model, variables, anatomy_tokens, config, settings, batch: int, rep
   start = time.perf_counter()
   out = call(images)
   first = time.perf_counter() - start
-  times = []
+  times, utils, others = [], [], []
   for i in range(repeats):
-    start = time.perf_counter()
+    s0, start = benchlib.cpu_snapshot(), time.perf_counter()
     out = call(images + 0.01 * (i + 1))
-    times.append(time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    s1 = benchlib.cpu_snapshot()
+    times.append(wall)
+    utils.append((s1[1] - s0[1]) / wall)
+    others.append(benchlib.other_cores(s0, s1, wall))
   per_batch = float(np.median(times))
   return {
       "method": settings.method, "num_beams": settings.num_beams if settings.method == "beam"
@@ -78,7 +84,18 @@ def time_one(model, variables, anatomy_tokens, config, settings, batch: int, rep
       "seconds_per_report": round(per_batch / batch, 4),
       "mean_new_tokens": float(np.mean(np.minimum(np.asarray(out.lengths) + 1,
                                                   settings.max_new_tokens))),
+      "cpu_util": round(float(np.median(utils)), 2),
+      "other_processes_cores": round(float(np.max(others)), 2),
   }
+
+
+def prefill_breakdown(row: dict, prefill_row: dict, max_new_tokens: int) -> dict:
+  """Splits a batch's time into the image encoder + prefill (a run of one new token) and
+  the per-token decoding steps."""
+  prefill = prefill_row["seconds_per_batch"]
+  step = (row["seconds_per_batch"] - prefill) / max(max_new_tokens - 1, 1)
+  return {"encoder_and_prefill_s": round(prefill, 4), "decode_step_ms": round(1e3 * step, 2),
+          "prefill_cpu_util": prefill_row["cpu_util"]}
 
 
 def main(argv=None):
@@ -89,6 +106,9 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--max_new_tokens", type=int, default=100)
   parser.add_argument("--min_new_tokens", type=int, default=80)
+  parser.add_argument("--breakdown", type=int, default=1,
+                      help="1: also time one-token runs, to split encoder + prefill from the "
+                           "per-token steps")
   parser.add_argument("--json", default="")
   args = parser.parse_args(argv)
 
@@ -104,8 +124,13 @@ def main(argv=None):
                                 min_new_tokens=args.min_new_tokens, repetition_penalty=2.0,
                                 length_penalty=2.0, eos_id=eos, pad_id=pad)
     for batch in (int(b) for b in args.batches.split(",")):
-      results.append(time_one(model, variables, anatomy_tokens, config, settings, batch,
-                              args.repeats))
+      row = time_one(model, variables, anatomy_tokens, config, settings, batch, args.repeats)
+      if args.breakdown:
+        one = dataclasses.replace(settings, max_new_tokens=1, min_new_tokens=0)
+        row.update(prefill_breakdown(row, time_one(model, variables, anatomy_tokens, config,
+                                                   one, batch, args.repeats),
+                                     args.max_new_tokens))
+      results.append(row)
       print(json.dumps(results[-1]), file=sys.stderr, flush=True)
   report = {
       "config": args.config, "backend": jax.default_backend(),
