@@ -208,6 +208,9 @@ def main(argv=None):
             "ours_first_call_s": mine["first_call_s"],
             "ours_mean_new_tokens": mine["mean_new_tokens"],
             "peer_new_tokens": theirs.get("new_tokens"),
+            "ours_cpu_util": mine.get("cpu_util"),
+            "ours_encoder_and_prefill_s": mine.get("encoder_and_prefill_s"),
+            "ours_decode_step_ms": mine.get("decode_step_ms"),
         }
         entry[peer_key]["meets_target"] = entry[peer_key]["speedup_peer_over_ours"] >= TARGET_GEN_SPEEDUP
       entry["ours_child_peak_rss_gib"] = res["ours"].get("child_peak_rss_gib")
