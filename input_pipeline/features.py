@@ -84,3 +84,26 @@ def no_boxes() -> dict:
 
 def join_report(findings: str, impression: str) -> str:
   return " ".join(s.strip() for s in (findings, impression) if s and s.strip())
+
+
+# ----------------------------------------------------------------------------------------
+# Downstream tasks (fine-tuning the image encoder): one schema for every downstream
+# builder (nih_cxr14, rsna_pneumonia, siim_acr, synthetic_finetune).
+#   image     grey PNG, short side `image_size` px (aspect kept), uint8 [H, W, 1]
+#   mask      grey PNG of the image's size, 255 inside the target (segmentation), all zero
+#             where there is none; has_mask says whether the data set annotates masks
+#   labels    int8 [C] multi-hot over the builder's CLASS_NAMES (1 positive, 0 negative)
+#   image_id  str: the data set's own id (NIH 'Image Index', RSNA patientId, SIIM ImageId)
+#   has_mask  int8 scalar
+
+
+def downstream_features(num_classes: int):
+  import tensorflow_datasets as tfds
+  f = tfds.features
+  return f.FeaturesDict({
+      "image": f.Image(shape=(None, None, 1), encoding_format="png"),
+      "mask": f.Image(shape=(None, None, 1), encoding_format="png"),
+      "labels": f.Tensor(shape=(num_classes,), dtype=np.int8),
+      "image_id": f.Text(),
+      "has_mask": f.Scalar(dtype=np.int8),
+  })

@@ -352,9 +352,6 @@ class _TrainMap:
     self.opts, self.text_tok, self.decoder_tok = opts, text_tok, decoder_tok
     self.tracker = tracker
 
-  def on_pair(self, pair) -> dict | None:
-    return self(*pair)
-
   def __call__(self, position: int, record_index: int) -> dict | None:
     record_index = int(record_index)
     epoch = int(position) // self.num_records
@@ -431,10 +428,27 @@ def make_train_dataset(source, config, tokenizers, process_index: int = 0,
   tracker = SkipTracker(opts.max_skip_fraction, opts.skip_check_min_records,
                         name=f"train process {process_index}")
   fn = _TrainMap(source, n, seed, opts, text_tok, decoder_tok, tracker)
-  order = grain.MapDataset.range(n).seed(seed).shuffle().repeat()
+  return shuffled_stream(n, fn, seed, process_index, process_count, batch_size, opts), tracker
+
+
+def shuffled_stream(num_records: int, fn, seed: int, process_index: int, process_count: int,
+                    batch_size: int, opts: DataOptions) -> grain.IterDataset:
+  """Per-process training batches of fn(stream position, record index) (None = dropped)
+  over the records shuffled per epoch with `seed`, repeated forever (_ProcessBlocks)."""
+  order = grain.MapDataset.range(num_records).seed(seed).shuffle().repeat()
   blocks = _ProcessBlocks(order, process_index, process_count, batch_size)
-  ds = grain.MapDataset.range(len(order) // process_count).map(blocks).map(fn.on_pair)
-  return _finish(ds, opts, batch_size, drop_remainder=True), tracker
+  ds = grain.MapDataset.range(len(order) // process_count).map(blocks).map(_OnPair(fn))
+  return _finish(ds, opts, batch_size, drop_remainder=True)
+
+
+class _OnPair:
+  """(position, record index) tuple -> fn(position, record index); picklable for workers."""
+
+  def __init__(self, fn):
+    self.fn = fn
+
+  def __call__(self, pair):
+    return self.fn(*pair)
 
 
 class _ProcessBlocks:
@@ -479,13 +493,20 @@ def make_eval_dataset(source, config, tokenizers, process_index: int = 0,
   if batch_size is None:
     batch_size = _local_batch_size(int(config.eval.batch_size), process_count)
   n = len(source)
-  indices = range(process_index, n, process_count)
-  total = eval_num_batches(n, batch_size, process_count) * batch_size
   tracker = SkipTracker(opts.max_skip_fraction, opts.skip_check_min_records,
                         name=f"eval process {process_index}")
-  fn = _EvalMap(source, indices, opts, text_tok, decoder_tok, tracker, use_prompt)
-  ds = grain.MapDataset.range(total).map(fn)
-  return _finish(ds, opts, batch_size, drop_remainder=False), tracker
+  fn = _EvalMap(source, range(process_index, n, process_count), opts, text_tok, decoder_tok,
+                tracker, use_prompt)
+  return ordered_stream(n, fn, batch_size, process_count, opts), tracker
+
+
+def ordered_stream(num_records: int, fn, batch_size: int, process_count: int,
+                   opts: DataOptions) -> grain.IterDataset:
+  """One pass of fn(local position) over this process's records (p, p + P, ...), padded
+  to eval_num_batches(...) full batches; fn returns padding rows past its records."""
+  total = eval_num_batches(num_records, batch_size, process_count) * batch_size
+  return _finish(grain.MapDataset.range(total).map(fn), opts, batch_size,
+                 drop_remainder=False)
 
 
 def make_eval_iterator(source, config, tokenizers, process_index: int = 0,

@@ -52,6 +52,7 @@ def parse_arg(arg: str | None, **defaults):
 def base_config() -> ml_collections.ConfigDict:
   """The paper's model (SPEC 2) and the release's recipe (SPEC 6); configs edit this."""
   c = ml_collections.ConfigDict()
+  c.task = "ssacl"             # what train.py trains: 'ssacl' (pretraining) or 'finetune'
 
   c.model = m = ml_collections.ConfigDict()
   m.image_size = 224
@@ -118,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   o.weight_decay = 0.05
   o.report_decoder_lr_mult = 0.25
   o.clip_grad_norm = 0.0       # 0: no clipping
+  o.freeze = ""                # top-level parameter groups never updated ('image_encoder')
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.axes = ("data", "fsdp", "tensor")
@@ -186,8 +188,74 @@ def validate(config) -> None:
                     f"train.grad_accum_steps {t.grad_accum_steps}")
   if not 0 < m.mask_ratio < 1:
     problems.append(f"model.mask_ratio {m.mask_ratio} must be in (0, 1)")
+  if config.get("task", "ssacl") not in ("ssacl", "finetune"):
+    problems.append(f"task {config.task!r} must be 'ssacl' or 'finetune'")
+  if config.get("task") == "finetune":
+    problems += _finetune_problems(config)
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _finetune_problems(config) -> list[str]:
+  from input_pipeline import builders
+  from input_pipeline.builders import downstream
+  f, problems = config.get("finetune"), []
+  if f is None:
+    return ["task 'finetune' needs a finetune section (configs/finetune_*.py have one)"]
+  if f.kind not in ("classification", "segmentation"):
+    problems.append(f"finetune.kind {f.kind!r} must be 'classification' or 'segmentation'")
+  try:
+    downstream.split_for_fraction(f.label_fraction)
+  except ValueError as e:
+    problems.append(f"finetune.label_fraction: {e}")
+  if config.data.dataset not in builders.DOWNSTREAM:
+    problems.append(f"data.dataset {config.data.dataset!r} is not a downstream set "
+                    f"({', '.join(builders.DOWNSTREAM)})")
+  wanted = {"classification": "val_auroc_mean", "segmentation": "val_dice"}.get(f.kind)
+  if config.checkpoint.best_metric != wanted or config.checkpoint.best_mode != "max":
+    problems.append(f"checkpoint.best_metric/best_mode {config.checkpoint.best_metric!r}/"
+                    f"{config.checkpoint.best_mode!r}: {f.kind} selects on {wanted!r}, 'max'")
+  return problems
+
+
+def finetune_config(arg, *, dataset: str, kind: str, base=None):
+  """Fine-tuning a pretrained SS-ACL image encoder on a downstream set (ssacl_jax/finetune.py).
+
+  base: the pretraining config whose model to use (default: the paper's, base_config()).
+  Variants: label_fraction (1.0, 0.1, 0.01), linear_probe, init (the pretraining workdir
+  or converted checkpoint; '' = random initialisation), steps, batch, lr, image_size.
+  The recipe (AdamW, warm-up then cosine, random affine) is ours, not the paper's.
+  """
+  a = parse_arg(arg, label_fraction=1.0, linear_probe=False, init="", steps=5000, batch=64,
+                lr=0.0, image_size=0)
+  c = base if base is not None else base_config()
+  c.task = "finetune"
+  c.finetune = ml_collections.ConfigDict(dict(
+      kind=kind, label_fraction=float(a.label_fraction),
+      decoder_width=64,          # segmentation decoder: width after the 1x1 projection
+      dice_weight=1.0))          # segmentation loss = BCE + dice_weight * soft Dice
+  if a.image_size:
+    c.model.image_size = a.image_size
+  c.data.dataset = dataset
+  c.data.builder = dict(image_size=256)
+  c.data.affine_degrees = 10.0
+  c.data.affine_scale = (0.9, 1.1)
+  c.init.checkpoint = a.init
+  c.init.parts = "image_encoder"
+  c.optim.freeze = "image_encoder" if a.linear_probe else ""
+  c.optim.learning_rate = a.lr or (1e-2 if a.linear_probe else 1e-4)
+  c.optim.warmup_steps = max(1, a.steps // 20)
+  c.optim.weight_decay = 0.05
+  c.train.num_steps = a.steps
+  c.train.global_batch_size = a.batch
+  c.train.eval_every_steps = max(1, a.steps // 10)
+  c.train.checkpoint_every_steps = c.train.eval_every_steps
+  c.train.log_every_steps = max(1, min(50, a.steps // 20))
+  c.checkpoint.best_metric = "val_auroc_mean" if kind == "classification" else "val_dice"
+  c.checkpoint.best_mode = "max"
+  c.checkpoint.max_to_keep = 1
+  c.eval.batch_size = a.batch
+  return c
 
 
 CONFIG_FILE = "config.json"

@@ -1,7 +1,8 @@
 """Entry point: `python -m ssacl_jax.main --config configs/<name>.py --workdir DIR [--mode M]`.
 
 Modes: train (default; resumes from WORKDIR), head (stage 2: the pathology head),
-eval (restore, generate, score).
+eval (restore, generate, score), finetune (a downstream config, configs/finetune_*.py:
+train the encoder with its head, then score the test split; eval rescores it).
 Config fields are overridden with `--config.a.b=value`; variants with `configs/x.py:a=1`.
 """
 from __future__ import annotations
@@ -15,9 +16,10 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variants]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "head", "eval"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "head", "eval", "finetune"],
                               "train: pretrain SS-ACL; head: fit the pathology head on the frozen "
-                              "encoder; eval: restore, generate and score.")
+                              "encoder; eval: restore, generate and score; finetune: fine-tune "
+                              "the encoder on a downstream task and score it on the test split.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,9 +42,20 @@ def main(argv):
   initialize_hosts()
   config = _CONFIG.value
   config_lib.validate(config)
-  if _MODE.value == "train":
+  mode, finetuning = _MODE.value, config.get("task", "ssacl") == "finetune"
+  if finetuning != (mode == "finetune") and not (finetuning and mode == "eval"):
+    raise SystemExit(f"error: --mode {mode} does not fit config.task={config.get('task')!r}: "
+                     "fine-tuning configs (configs/finetune_*.py) run with --mode finetune "
+                     "or eval, pretraining configs with train, head or eval")
+  if finetuning:
+    from ssacl_jax import finetune
+    if mode == "finetune":
+      finetune.run(config, _WORKDIR.value)
+    else:
+      finetune.evaluate(config, _WORKDIR.value)
+  elif mode == "train":
     train.train_and_evaluate(config, _WORKDIR.value)
-  elif _MODE.value == "head":
+  elif mode == "head":
     from ssacl_jax import pathology_head
     pathology_head.train_head(config, _WORKDIR.value)
   else:

@@ -1,6 +1,7 @@
 """The optimizer of SPEC 6 with optax: AdamW (0.9, 0.95), decay masked off biases, norms,
 positions and scales; warm-up then half-cycle cosine; the report decoder at a fraction
-of the learning rate; optional global-norm clipping.
+of the learning rate; optional global-norm clipping; top-level parameter groups named in
+`optim.freeze` never change (linear probing freezes `image_encoder`).
 """
 from __future__ import annotations
 
@@ -24,9 +25,18 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def lr_multipliers(params, report_decoder_mult: float):
+def frozen_groups(config) -> tuple[str, ...]:
+  """config.optim.freeze ('image_encoder' or a comma list) as a tuple of group names."""
+  return tuple(p.strip() for p in config.optim.get("freeze", "").split(",") if p.strip())
+
+
+def lr_multipliers(params, report_decoder_mult: float, frozen: tuple[str, ...] = ()):
+  """Per-parameter factor on the update: 0 in frozen top-level groups (no step, no decay)."""
   def mult(path, _):
-    return report_decoder_mult if REPORT_DECODER in _names(path) else 1.0
+    names = _names(path)
+    if names[0] in frozen:
+      return 0.0
+    return report_decoder_mult if REPORT_DECODER in names else 1.0
   return jax.tree_util.tree_map_with_path(mult, params)
 
 
@@ -49,6 +59,11 @@ def scale_by_tree(multipliers) -> optax.GradientTransformation:
 def make_optimizer(config, params) -> optax.GradientTransformation:
   """params: the (unboxed, possibly abstract) parameter tree, for masks and multipliers."""
   o = config.optim
+  frozen = frozen_groups(config)
+  unknown = [g for g in frozen if g not in params]
+  if unknown:
+    raise ValueError(f"optim.freeze names {', '.join(unknown)}, not a parameter group of the "
+                     f"model ({', '.join(params)})")
   parts = []
   if o.clip_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(o.clip_grad_norm))
@@ -56,6 +71,6 @@ def make_optimizer(config, params) -> optax.GradientTransformation:
       optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=1e-8),
       optax.add_decayed_weights(o.weight_decay, mask=decay_mask(params)),
       optax.scale_by_learning_rate(learning_rate_schedule(config)),
-      scale_by_tree(lr_multipliers(params, o.report_decoder_lr_mult)),
+      scale_by_tree(lr_multipliers(params, o.report_decoder_lr_mult, frozen)),
   ]
   return optax.chain(*parts)

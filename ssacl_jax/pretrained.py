@@ -109,7 +109,14 @@ def _from_checkpoint(config, path, step, wanted, abstract_params, fresh_params):
   converted = ckpt.read_meta(step).get("converted")
   available = tuple(converted["parts"]) if converted else tuple(
       p for p in convert.PARTS if p in stored)
-  parts = available if wanted is None else tuple(p for p in wanted if p in available)
+  if wanted is None:  # auto: what the checkpoint offers and the model has
+    parts = tuple(p for p in available if p in abstract_params)
+  else:
+    parts = tuple(p for p in wanted if p in available)
+    foreign = [p for p in parts if p not in abstract_params]
+    if foreign:
+      raise InitError(f"config.init.parts asks for {', '.join(foreign)}, which this model "
+                      f"does not have (its parts: {', '.join(abstract_params)})")
   if converted and wanted is not None:
     fresh_there = [p for p in wanted if p not in available and p in stored]
     if fresh_there:

@@ -1,7 +1,10 @@
-"""Training: mesh, data, model, sharded state, update step, checkpoints, loop.
+"""Training: mesh, task (data + model), sharded state, update step, checkpoints, loop.
 
 `train_and_evaluate(config, workdir)` is what `python -m ssacl_jax.main` runs; tests call
-it directly. Sections read top to bottom like the step they set up.
+it directly. Sections read top to bottom like the step they set up. What is trained comes
+from a `Task` chosen by `config.task`: SS-ACL pretraining ('ssacl', the five losses) or
+fine-tuning the image encoder on a downstream set ('finetune', ssacl_jax/finetune.py).
+Both go through the same state, step, checkpoints, logging and preemption.
 """
 from __future__ import annotations
 
@@ -26,6 +29,50 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+# ----------------------------------------------------------------------------- task
+@dataclasses.dataclass
+class Task:
+  """What the trainer trains.
+
+  model.apply({"params": p}, batch, *consts, rngs={"mask": key}) -> (loss, metrics) with
+  metrics["loss_<term>"] for every term in loss_terms (checked for finiteness, named in
+  errors). data: next_train_batch(), train_iterator (checkpointed), skip_stats().
+  make_validate(setup, mesh, batch_sharding) -> (state -> {"val_...": float}).
+  """
+  model: nn.Module
+  data: object
+  consts: tuple               # model inputs that are the same for every batch
+  example_batch: dict         # one-row model batch, for init
+  loss_terms: tuple[str, ...]
+  make_validate: Callable
+
+
+def pretraining_task(config, mesh, batch_sharding, workdir) -> Task:
+  """SS-ACL pretraining: the five losses; validation = mean validation losses."""
+  data = data_lib.TrainingData(config, mesh, batch_sharding, workdir)
+
+  def make_validate(setup, mesh, batch_sharding):
+    replicated = NamedSharding(mesh, P())
+    eval_step = jax.jit(make_eval_step(config, setup),
+                        in_shardings=(setup.shardings["params"], batch_sharding, replicated,
+                                      replicated, replicated),
+                        out_shardings=replicated, compiler_options=compiler_options())
+    return lambda state: evaluate_loss(config, eval_step, state, data, mesh, batch_sharding)
+
+  return Task(ssacl.build_model(config.model), data, data.anatomy_tokens,
+              ssacl.dummy_batch(config, 1), ssacl.LOSS_NAMES, make_validate)
+
+
+def make_task(config, mesh, batch_sharding, workdir) -> Task:
+  name = config.get("task", "ssacl")
+  if name == "ssacl":
+    return pretraining_task(config, mesh, batch_sharding, workdir)
+  if name == "finetune":
+    from ssacl_jax import finetune
+    return finetune.make_task(config, mesh, batch_sharding, workdir)
+  raise ValueError(f"config.task {name!r}: expected 'ssacl' (pretraining) or 'finetune'")
+
+
 # ----------------------------------------------------------------------------- state
 @dataclasses.dataclass
 class StateSetup:
@@ -37,13 +84,16 @@ class StateSetup:
   init_fn: Callable           # rng -> state, jitted straight into `shardings`
 
 
-def setup_state(config, model, mesh, anatomy_tokens) -> StateSetup:
-  """Build the state abstractly (eval_shape), derive shardings, jit the initialiser."""
-  batch = ssacl.dummy_batch(config, 1)
-  ids, mask = anatomy_tokens
+def setup_state(config, model, mesh, consts, example_batch=None) -> StateSetup:
+  """Build the state abstractly (eval_shape), derive shardings, jit the initialiser.
+
+  consts: the model's per-run inputs after the batch (SS-ACL: the anatomy tokens);
+  example_batch: a model batch for init (default: SS-ACL's dummy batch).
+  """
+  batch = ssacl.dummy_batch(config, 1) if example_batch is None else example_batch
 
   def init_params(rng):
-    variables = model.init({"params": rng, "mask": rng}, batch, ids, mask)
+    variables = model.init({"params": rng, "mask": rng}, batch, *consts)
     return variables["params"]
 
   boxed = jax.eval_shape(init_params, jax.random.key(0))
@@ -99,31 +149,33 @@ def _microbatches(batch, steps: int):
   return jax.tree.map(split, batch)
 
 
-def make_train_step(config, setup: StateSetup):
+def make_train_step(config, setup: StateSetup, loss_terms=ssacl.LOSS_NAMES):
+  """train_step(state, batch, *consts, base_key) -> (state, metrics)."""
   model, tx = setup.model, setup.tx
   schedule = optim.learning_rate_schedule(config)
   accum = config.train.grad_accum_steps
   rules = sharding.rules(config)
 
-  def loss_fn(params, batch, ids, mask, rng):
+  def loss_fn(params, batch, consts, rng):
     with nn.logical_axis_rules(rules):
-      return model.apply({"params": params}, batch, ids, mask, rngs={"mask": rng})
+      return model.apply({"params": params}, batch, *consts, rngs={"mask": rng})
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state, batch, ids, mask, base_key):
+  def train_step(state, batch, *args):
+    consts, base_key = args[:-1], args[-1]
     rng = jax.random.fold_in(base_key, state["step"])
     params = state["params"]
     if accum == 1:
-      (_, metrics), grads = grad_fn(params, batch, ids, mask, rng)
+      (_, metrics), grads = grad_fn(params, batch, consts, rng)
     else:
       def micro(carry, xs):
         i, micro_batch = xs
-        (_, m), g = grad_fn(params, micro_batch, ids, mask, jax.random.fold_in(rng, i))
+        (_, m), g = grad_fn(params, micro_batch, consts, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, carry, (g, m)), None
       zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
           lambda: grad_fn(params, jax.tree.map(lambda x: x[0], _microbatches(batch, accum)),
-                          ids, mask, rng)))
+                          consts, rng)))
       zeros = (zeros[1], zeros[0][1])
       (grads, metrics), _ = jax.lax.scan(micro, zeros, (jnp.arange(accum),
                                                         _microbatches(batch, accum)))
@@ -133,7 +185,7 @@ def make_train_step(config, setup: StateSetup):
     new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
            "opt_state": opt_state}
     finite = jnp.isfinite(grad_norm) & jnp.all(jnp.stack(
-        [jnp.isfinite(metrics[f"loss_{k}"]) for k in ssacl.LOSS_NAMES]))
+        [jnp.isfinite(metrics[f"loss_{k}"]) for k in loss_terms]))
     # A non-finite step leaves the state as it was; the host stops the run.
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = dict(metrics, grad_norm=grad_norm, learning_rate=schedule(state["step"]),
@@ -146,9 +198,10 @@ def make_train_step(config, setup: StateSetup):
 def make_eval_step(config, setup: StateSetup):
   model, rules = setup.model, sharding.rules(config)
 
-  def eval_step(params, batch, ids, mask, key):
+  def eval_step(params, batch, *args):
+    consts, key = args[:-1], args[-1]
     with nn.logical_axis_rules(rules):
-      _, metrics = model.apply({"params": params}, batch, ids, mask, rngs={"mask": key})
+      _, metrics = model.apply({"params": params}, batch, *consts, rngs={"mask": key})
     return metrics
 
   return eval_step
@@ -166,15 +219,15 @@ def check_batch_fits_mesh(global_batch: int, accum: int, mesh) -> None:
         f"multiple of the {jax.process_count()} processes)")
 
 
-def check_finite(step: int, metrics) -> None:
+def check_finite(step: int, metrics, loss_terms=ssacl.LOSS_NAMES) -> None:
   if bool(metrics["finite"]):
     return
-  bad = [k for k in ssacl.LOSS_NAMES if not np.isfinite(float(metrics[f"loss_{k}"]))]
+  bad = [k for k in loss_terms if not np.isfinite(float(metrics[f"loss_{k}"]))]
   if not np.isfinite(float(metrics["grad_norm"])):
     bad.append("gradient norm")
   raise NonFiniteLossError(
       f"non-finite {', '.join(bad) or 'value'} at step {step} (loss terms: "
-      + ", ".join(f"{k}={float(metrics[f'loss_{k}'])}" for k in ssacl.LOSS_NAMES)
+      + ", ".join(f"{k}={float(metrics[f'loss_{k}'])}" for k in loss_terms)
       + "). The state was not updated and nothing was saved after the last good checkpoint; "
       "lower the learning rate or enable clipping (--config.optim.clip_grad_norm=1.0).")
 
@@ -225,7 +278,7 @@ def evaluate_loss(config, eval_step, state, data, mesh, batch_sharding) -> dict:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Train SS-ACL per config; resume from WORKDIR/checkpoints when present.
+  """Train config's task; resume from WORKDIR/checkpoints when present.
 
   Returns the last logged metrics.
   """
@@ -239,12 +292,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     config_lib.save_workdir_config(config, workdir)
 
-  # Input.
-  data = data_lib.TrainingData(config, mesh, batch_sharding, workdir)
+  # Input and model.
+  task = make_task(config, mesh, batch_sharding, workdir)
+  data = task.data
 
-  # Model and sharded state.
-  model = ssacl.build_model(config.model)
-  setup = setup_state(config, model, mesh, data.anatomy_tokens)
+  # Sharded state.
+  setup = setup_state(config, task.model, mesh, task.consts, task.example_batch)
   ckpt = checkpointing.Checkpointer(workdir, config)
   state = setup.init_fn(jax.random.key(t.seed))
   start = ckpt.latest_step()
@@ -260,17 +313,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
         config, setup.abstract_state["params"], state["params"]))
   start = int(state["step"])
 
-  # Update step.
+  # Update step and validation.
   replicated = NamedSharding(mesh, P())
+  consts_shardings = (replicated,) * len(task.consts)
   train_step = jax.jit(
-      make_train_step(config, setup),
-      in_shardings=(setup.shardings, batch_sharding, replicated, replicated, replicated),
+      make_train_step(config, setup, task.loss_terms),
+      in_shardings=(setup.shardings, batch_sharding, *consts_shardings, replicated),
       out_shardings=(setup.shardings, replicated), donate_argnums=(0,),
       compiler_options=compiler_options())
-  eval_step = jax.jit(make_eval_step(config, setup),
-                      in_shardings=(setup.shardings["params"], batch_sharding, replicated,
-                                    replicated, replicated),
-                      out_shardings=replicated, compiler_options=compiler_options())
+  validate = task.make_validate(setup, mesh, batch_sharding)
   base_key = jax.random.key(t.seed)
 
   # Loop.
@@ -280,9 +331,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     step = start
     while step < t.num_steps:
       batch = data.next_train_batch()
-      state, metrics = train_step(state, batch, *data.anatomy_tokens, base_key)
+      state, metrics = train_step(state, batch, *task.consts, base_key)
       step += 1
-      check_finite(step, metrics)
+      check_finite(step, metrics, task.loss_terms)
       save_metrics = None
       if step % t.log_every_steps == 0 or step == t.num_steps:
         last = jax.device_get(metrics)
@@ -291,7 +342,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write(step, last)
         writer.progress(step, last, t.global_batch_size)
       if t.eval_every_steps and (step % t.eval_every_steps == 0 or step == t.num_steps):
-        val = evaluate_loss(config, eval_step, state, data, mesh, batch_sharding)
+        val = validate(state)
         writer.write(step, val)
         last.update(val)
         save_metrics = {config.checkpoint.best_metric: val.get(config.checkpoint.best_metric, 0.0)} \

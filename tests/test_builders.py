@@ -68,23 +68,10 @@ def test_load_grey_stretches_16_bit_png(tmp_path):
 
 
 def test_load_grey_reads_dicom_and_inverts_monochrome1(tmp_path):
-  import pydicom
-  from pydicom.dataset import Dataset, FileMetaDataset
-  from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+  from dicom_fixtures import write_dicom
   arr = np.zeros((40, 60), np.uint16)
   arr[:, 30:] = 4000
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-  meta.MediaStorageSOPInstanceUID = generate_uid()
-  meta.TransferSyntaxUID = ExplicitVRLittleEndian
-  ds = Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-  ds.Rows, ds.Columns = arr.shape
-  ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
-  ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-  ds.PixelData = arr.tobytes()
-  pydicom.dcmwrite(tmp_path / "x.dcm", ds, enforce_file_format=True)
+  write_dicom(tmp_path / "x.dcm", arr, photometric="MONOCHROME1", bits_stored=12)
   g = common.load_grey(tmp_path / "x.dcm", 20)[..., 0]
   assert g.shape == (20, 30)
   assert g[:, :12].min() == 255 and g[:, -12:].max() == 0  # high values are dark

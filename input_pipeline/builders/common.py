@@ -120,18 +120,30 @@ def load_grey(path: os.PathLike | str, short_side: int) -> np.ndarray:
   decoded at a reduced scale first (PIL draft mode), which makes full-size MIMIC
   images several times cheaper to read. Raises on unreadable files.
   """
+  img = open_grey(path, draft_size=short_side)
+  return resize_short_side(img, short_side, Image.Resampling.BICUBIC)
+
+
+def open_grey(path: os.PathLike | str, draft_size: int | None = None) -> Image.Image:
+  """Any image file (PNG/JPEG 8 or 16 bit, grey or colour, DICOM) -> PIL mode 'L'.
+
+  Full size, except JPEGs decoded at a reduced scale no smaller than draft_size.
+  """
   path = pathlib.Path(path)
   if path.suffix.lower() in (".dcm", ".dicom"):
-    img = _read_dicom(path)
-  else:
-    with Image.open(path) as opened:
-      if opened.format == "JPEG":
-        opened.draft("L", (short_side, short_side))
-      opened.load()
-      img = _grey_from_pil(opened)
+    return _read_dicom(path)
+  with Image.open(path) as opened:
+    if opened.format == "JPEG" and draft_size:
+      opened.draft("L", (draft_size, draft_size))
+    opened.load()
+    return _grey_from_pil(opened)
+
+
+def resize_short_side(img: Image.Image, short_side: int, resample) -> np.ndarray:
+  """PIL image -> uint8 [H, W, 1] with its short side `short_side`, aspect kept."""
   size = short_side_size(img.width, img.height, short_side)
   if size != img.size:
-    img = img.resize(size, resample=Image.Resampling.BICUBIC)
+    img = img.resize(size, resample=resample)
   return np.asarray(img, np.uint8)[..., None]
 
 
