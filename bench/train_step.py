@@ -76,6 +76,9 @@ def parse_args(argv=None):
   p.add_argument("--trainer_compiler_options", type=int, default=1,
                  help="1: compile with train.compiler_options() as the trainer does (if the "
                       "imported package has it); 0: XLA defaults (plus --xla_flags)")
+  p.add_argument("--release_host_memory", type=int, default=1,
+                 help="1: as the trainer does, hand the compiler's freed heap back to the OS "
+                      "before the first step (train.release_freed_host_memory); 0: don't")
   p.add_argument("--src", default="",
                  help="import ssacl_jax from this folder instead of the checkout (before/after "
                       "comparisons against a copy of the package)")
@@ -416,6 +419,9 @@ def main():
   if a.dump_hlo:
     pathlib.Path(a.dump_hlo).write_text(compiled.as_text())
   del lowered
+  if a.release_host_memory and hasattr(train, "release_freed_host_memory"):
+    train.release_freed_host_memory()
+  rss_after_trim = benchlib.current_rss_bytes()
 
   def run_step(s):
     s, metrics = compiled(s, batch, ids, mask, key)
@@ -503,6 +509,8 @@ def main():
       "peak_rss_gib": round(benchlib.peak_rss_bytes() / benchlib.GIB, 3),
       "peak_rss_gib_after_compile": round(peak_after_compile / benchlib.GIB, 3),
       "rss_gib_before_compile": round(rss_before_compile / benchlib.GIB, 3),
+      "release_host_memory": bool(a.release_host_memory),
+      "rss_gib_after_compile_and_release": round(rss_after_trim / benchlib.GIB, 3),
       "rss_gib_end": round(benchlib.current_rss_bytes() / benchlib.GIB, 3),
       "device_peak_gib": device_peak_gib,
       "compiled_memory": memory,
