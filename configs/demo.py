@@ -2,13 +2,30 @@
 
   python -m ssacl_jax.main --config configs/demo.py --workdir runs/demo
 
-Variants: `steps=N`, `batch=N`.
+Variants: `steps=N`, `batch=N`, `warm_steps=N` (0: no warm start).
+
+`python -m ssacl_jax.demo` first runs `warm_start`: the same config with L_ir and L_cl
+alone (`model.loss_weights`; the other terms are not computed) for `warm_steps` steps into
+WORKDIR/warm_start, then this config with `init` taking the image encoder/decoder, the
+text encoder and the contrastive projection from it (SPEC 2 allows a pretrained image
+encoder; from scratch, 600 joint steps leave the mean-pooled image vector without report
+signal and L_cl at chance, README "Demo results"). By hand:
+
+  python -m ssacl_jax.main --config configs/demo.py --workdir runs/demo/warm_start \
+      --config.model.loss_weights.cl=1 --config.model.loss_weights.lm=0 \
+      --config.model.loss_weights.ar=0 --config.model.loss_weights.ac=0 \
+      --config.train.num_steps=800 --config.train.eval_every_steps=0
+  python -m ssacl_jax.main --config configs/demo.py --workdir runs/demo \
+      --config.init.checkpoint=runs/demo/warm_start \
+      --config.init.parts=image_encoder,image_decoder,text_encoder,image_to_text,visible_w,visible_b,logit_scale
 """
+import ml_collections
+
 from ssacl_jax import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, steps=600, batch=32)
+  a = config_lib.parse_arg(arg, steps=600, batch=32, warm_steps=800)
   c = config_lib.base_config()
   m = c.model
   m.image_size, m.patch = 64, 8
@@ -33,4 +50,11 @@ def get_config(arg=None):
   c.eval.batch_size = 32
   c.eval.decode.max_new_tokens = 130
   c.eval.decode.min_new_tokens = 40  # SPEC's 80 counts GPT-2 tokens of MIMIC reports
+  # Stage 0 of ssacl_jax.demo (its warm_start_configs): L_ir + L_cl, same data and optimiser.
+  # (L_ir alone, 800 steps, left L_cl at chance and grounding below the random map.)
+  c.warm_start = ml_collections.ConfigDict(dict(
+      steps=a.warm_steps, subdir="warm_start",
+      parts="image_encoder,image_decoder,text_encoder,image_to_text,visible_w,visible_b,"
+            "logit_scale",
+      loss_weights=dict(ir=1.0, cl=1.0, lm=0.0, ar=0.0, ac=0.0)))
   return c

@@ -58,3 +58,35 @@ def test_sigterm_saves_at_the_next_step_and_exits_cleanly(tiny_data_dir, tmp_pat
   assert saved == [last]
   assert 2 <= last < 10000
   assert "stopping after step" in out
+
+
+def test_demo_warm_start_trains_its_terms_only_then_initialises_its_parts_from_it(
+    tiny_data_dir, tmp_path):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from ssacl_jax import convert, demo, pretrained, train
+  from test_train import config_for, read_metrics
+  config = config_for(tiny_data_dir, num_steps=2)
+  config.warm_start.steps = 0
+  assert demo.warm_start_configs(config, str(tmp_path)) == [(config, str(tmp_path))]
+  config.warm_start.steps = 2
+  (stage0, dir0), (stage1, dir1) = demo.warm_start_configs(config, str(tmp_path))
+  assert (dir0, dir1) == (str(tmp_path / "warm_start"), str(tmp_path))
+  assert dict(stage0.model.loss_weights) == dict(ir=1.0, cl=1.0, lm=0.0, ar=0.0, ac=0.0)
+  assert dict(stage1.model.loss_weights) == dict(config.model.loss_weights)
+  assert stage1.init.checkpoint == dir0 and stage1.init.parts == config.warm_start.parts
+  assert stage0.train.num_steps == 2 and not stage0.init.checkpoint
+  train.train_and_evaluate(stage0, dir0)
+  last = read_metrics(dir0)[2]
+  assert last["loss_ir"] > 0 and last["loss_cl"] > 0
+  assert all(last[f"loss_{k}"] == 0.0 for k in ("lm", "ar", "ac"))  # not computed
+  abstract = convert.abstract_params(stage1)
+  fresh = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
+  loaded = pretrained.load_initial_params(stage1, abstract, fresh)
+  taken = stage1.init.parts.split(",")
+  assert {"image_encoder", "image_decoder", "text_encoder"} <= set(taken)
+  for part in taken:
+    assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(loaded[part])), part
+  for part in ("report_decoder", "text_to_query", "to_decoder"):
+    jax.tree.map(np.testing.assert_array_equal, loaded[part], fresh[part])

@@ -49,6 +49,33 @@ def test_forward_returns_five_losses_and_weighted_total(tiny):
   assert float(metrics["logit_scale"]) == pytest.approx(1 / 0.03)
 
 
+def test_zero_weight_terms_are_skipped_and_the_rest_unchanged(tiny):
+  config, _, variables, batch, tokens = tiny
+  rngs = {"mask": jax.random.key(2)}
+  _, full = ssacl.build_model(config.model).apply(variables, batch, *tokens, rngs=rngs)
+  for kept in (("ir",), ("ir", "cl"), ("lm", "ac")):
+    only = config.model.copy_and_resolve_references()
+    only.loss_weights = {k: (1.0 if k in kept else 0.0) for k in ssacl.LOSS_NAMES}
+    model = ssacl.build_model(only)
+    total, metrics = model.apply(variables, batch, *tokens, rngs=rngs)
+    for k in ssacl.LOSS_NAMES:
+      want = full[f"loss_{k}"] if k in kept else 0.0
+      np.testing.assert_allclose(metrics[f"loss_{k}"], want, rtol=2e-5, err_msg=f"{kept}: {k}")
+    np.testing.assert_allclose(total, sum(full[f"loss_{k}"] for k in kept), rtol=2e-5)
+    # Init still creates every parameter, whatever the weights.
+    fresh = model.init({"params": jax.random.key(0), "mask": jax.random.key(1)}, batch, *tokens)
+    assert jax.tree.structure(nn.meta.unbox(fresh)) == jax.tree.structure(variables)
+  # An MAE-only step touches only the image encoder and decoder (nothing else is computed).
+  only = config.model.copy_and_resolve_references()
+  only.loss_weights = {k: (1.0 if k == "ir" else 0.0) for k in ssacl.LOSS_NAMES}
+  model = ssacl.build_model(only)
+  grads = jax.grad(lambda p: model.apply({"params": p}, batch, *tokens, rngs=rngs)[0])(
+      variables["params"])
+  touched = {k for k, g in grads.items()
+             if any(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(g))}
+  assert touched == {"image_encoder", "image_decoder"}
+
+
 def test_shared_unmasked_pass_gives_the_release_losses(tiny):
   config, _, variables, batch, tokens = tiny
   separate = config.model.copy_and_resolve_references()

@@ -167,49 +167,67 @@ class SSACL(nn.Module):
 
   # -- the training forward -----------------------------------------------------------------
   def __call__(self, batch, anatomy_ids, anatomy_mask):
-    """Returns (total loss, metrics). Needs rngs={'mask': key}."""
+    """Returns (total loss, metrics). Needs rngs={'mask': key}.
+
+    A term whose `loss_weights` entry is 0.0 is not computed (an MAE-only warm start,
+    `ir` alone, costs one MAE pass); its metric reads 0.0. Init computes every term, so the
+    parameter tree does not depend on the weights.
+    """
     c = self.config
+    w = c.loss_weights
+    on = {k: self.is_initializing() or w[k] != 0.0 for k in LOSS_NAMES}
     images = batch["image"]
     mae_rng, graph_rng = jax.random.split(self.make_rng("mask"))
-
-    leaf_q = self.leaf_queries(anatomy_ids, anatomy_mask)
-    graph_q = anatomy.restore_graph_queries(leaf_q)
+    terms = {k: jnp.zeros((), jnp.float32) for k in LOSS_NAMES}
 
     # L_ir: MAE pass and pixel reconstruction.
     mae = self.image_encoder(images, mask_ratio=c.mask_ratio, rng=mae_rng)
-    pred = self.image_decoder(mae["tokens"], mae["ids_restore"])
-    target = losses.patchify(images, c.patch)
-    l_ir = losses.masked_reconstruction_loss(pred, target, mae["mask"], norm_pix=c.norm_pix)
+    if on["ir"]:
+      pred = self.image_decoder(mae["tokens"], mae["ids_restore"])
+      target = losses.patchify(images, c.patch)
+      terms["ir"] = losses.masked_reconstruction_loss(pred, target, mae["mask"],
+                                                      norm_pix=c.norm_pix)
 
     # L_cl: mean visible patch token vs. the pooled shuffled-report embedding.
-    image_vec = self.image_to_text(jnp.mean(mae["tokens"][:, 1:], axis=1))
-    text_vec = self.encode_text(batch["text_ids"], batch["text_mask"])
     scale = self.logit_scale
-    l_cl = losses.global_contrastive_loss(image_vec, text_vec, scale, 1.0 - mae["mask"],
-                                          self.visible_w, self.visible_b)
+    if on["cl"] or on["ac"]:
+      text_vec = self.encode_text(batch["text_ids"], batch["text_mask"])
+    if on["cl"]:
+      image_vec = self.image_to_text(jnp.mean(mae["tokens"][:, 1:], axis=1))
+      terms["cl"] = losses.global_contrastive_loss(image_vec, text_vec, scale,
+                                                   1.0 - mae["mask"], self.visible_w,
+                                                   self.visible_b)
 
-    # One unmasked pass with graph queries; one masked pass with graph queries.
-    nodes_u, leaves, cls, patches, _ = self.unmasked_query_pass(images, leaf_q, graph_q)
-    nodes_m = self.image_encoder(images, queries=graph_q, mask_ratio=c.mask_ratio,
-                                 rng=graph_rng)["tokens"][:, :graph_q.shape[0]]
+    if on["ar"] or on["ac"] or on["lm"]:
+      leaf_q = self.leaf_queries(anatomy_ids, anatomy_mask)
+      graph_q = anatomy.restore_graph_queries(leaf_q)
+      # One unmasked pass with graph queries (serves L_ar, L_ac, L_lm).
+      nodes_u, leaves, cls, patches, _ = self.unmasked_query_pass(images, leaf_q, graph_q)
 
-    # L_ar: children (masked pass) vs. parent (unmasked pass) through the image decoder.
-    seqs, valid, _ = losses.anatomy_reconstruction_inputs(nodes_m)
-    _, _, parents = losses.anatomy_reconstruction_inputs(nodes_u)
-    l_ar = losses.anatomy_reconstruction_loss(self.image_decoder.predict_token0(seqs, valid),
-                                              self.image_decoder.predict_token0(parents))
+    if on["ar"]:
+      # L_ar: children (masked pass with graph queries) vs. parent (unmasked pass) through
+      # the image decoder.
+      nodes_m = self.image_encoder(images, queries=graph_q, mask_ratio=c.mask_ratio,
+                                   rng=graph_rng)["tokens"][:, :graph_q.shape[0]]
+      seqs, valid, _ = losses.anatomy_reconstruction_inputs(nodes_m)
+      _, _, parents = losses.anatomy_reconstruction_inputs(nodes_u)
+      terms["ar"] = losses.anatomy_reconstruction_loss(
+          self.image_decoder.predict_token0(seqs, valid),
+          self.image_decoder.predict_token0(parents))
 
-    # L_ac: leaf-query tokens against report similarity.
-    l_ac = losses.anatomical_consistency_loss(leaves, text_vec, scale, lam=c.ac_lambda,
-                                              chunk_size=c.ac_chunk_size or None)
+    if on["ac"]:
+      # L_ac: leaf-query tokens against report similarity.
+      terms["ac"] = losses.anatomical_consistency_loss(leaves, text_vec, scale,
+                                                       lam=c.ac_lambda,
+                                                       chunk_size=c.ac_chunk_size or None)
 
-    # L_lm: anatomy-guided report generation.
-    prefix, prefix_valid = self.decoder_prefix(leaves, cls, patches, batch["leaf_mask"])
-    logits = self.report_logits(prefix, prefix_valid, batch["dec_ids"], batch["dec_mask"])
-    l_lm = losses.report_lm_loss(logits, batch["dec_ids"], batch["dec_loss_mask"])
+    if on["lm"]:
+      # L_lm: anatomy-guided report generation.
+      prefix, prefix_valid = self.decoder_prefix(leaves, cls, patches, batch["leaf_mask"])
+      logits = self.report_logits(prefix, prefix_valid, batch["dec_ids"], batch["dec_mask"])
+      terms["lm"] = losses.report_lm_loss(logits, batch["dec_ids"], batch["dec_loss_mask"])
 
-    terms = dict(ir=l_ir, cl=l_cl, lm=l_lm, ar=l_ar, ac=l_ac)
-    total = sum(c.loss_weights[k] * terms[k] for k in LOSS_NAMES)
+    total = sum((w[k] * terms[k] for k in LOSS_NAMES if on[k]), jnp.zeros((), jnp.float32))
     metrics = {f"loss_{k}": v for k, v in terms.items()}
     metrics.update(loss=total, logit_scale=scale,
                    visible_scale_mean=jnp.mean(jax.nn.softplus(
