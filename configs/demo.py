@@ -50,7 +50,7 @@ def get_config(arg=None):
   c.eval.batch_size = 32
   c.eval.decode.max_new_tokens = 130
   c.eval.decode.min_new_tokens = 40  # SPEC's 80 counts GPT-2 tokens of MIMIC reports
-  # Stage 0 of ssacl_jax.demo (its warm_start_configs): L_ir + L_cl, same data and optimiser.
+  # Stage 0 of ssacl_jax.demo (config_lib.warm_start_configs): L_ir + L_cl, same data and optimiser.
   # (L_ir alone, 800 steps, left L_cl at chance and grounding below the random map.)
   c.warm_start = ml_collections.ConfigDict(dict(
       steps=a.warm_steps, subdir="warm_start",

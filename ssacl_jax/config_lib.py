@@ -7,6 +7,7 @@ Single fields are overridden on the command line with `--config.train.num_steps=
 from __future__ import annotations
 
 import ast
+import pathlib
 
 import ml_collections
 
@@ -263,7 +264,6 @@ CONFIG_FILE = "config.json"
 
 def save_workdir_config(config, workdir) -> None:
   """WORKDIR/config.json: what prediction and evaluation read back without --config."""
-  import pathlib
   path = pathlib.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
   (path / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1))
@@ -271,7 +271,7 @@ def save_workdir_config(config, workdir) -> None:
 
 def load_workdir_config(workdir) -> ml_collections.ConfigDict:
   import json
-  import pathlib
+
   path = pathlib.Path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f"{path} is missing: not a training workdir of ssacl_jax "
@@ -282,7 +282,7 @@ def load_workdir_config(workdir) -> ml_collections.ConfigDict:
 def load_config_file(spec: str):
   """'path/to/config.py[:arg]' -> its get_config(arg), as --config does."""
   import importlib.util
-  import pathlib
+
   path, _, arg = spec.partition(":")
   if not pathlib.Path(path).is_file():
     raise ConfigError(f"config file {path} does not exist")
@@ -348,3 +348,19 @@ def pod_config(arg, *, fsdp: int, num_workers: int, eval_batch_size: int):
   c.sharding_rules = DEFAULT_SHARDING_RULES   # embed->fsdp, mlp/heads/vocab->tensor
   c.eval.batch_size = eval_batch_size
   return c
+
+
+def warm_start_configs(config, workdir):
+  """[(config, workdir)] of the training stages: the warm start (if any), then the run."""
+  ws = config.get("warm_start")
+  if not ws or not ws.steps:
+    return [(config, workdir)]
+  stage0_dir = str(pathlib.Path(workdir) / ws.subdir)
+  stage0 = config.copy_and_resolve_references()
+  stage0.model.loss_weights = dict(ws.loss_weights)
+  stage0.train.num_steps = ws.steps
+  stage0.train.eval_every_steps = 0  # nothing to select: stage 1 takes the last step
+  stage0.warm_start.steps = 0
+  stage1 = config.copy_and_resolve_references()
+  stage1.init.checkpoint, stage1.init.step, stage1.init.parts = stage0_dir, -1, ws.parts
+  return [(stage0, stage0_dir), (stage1, workdir)]

@@ -5,10 +5,11 @@
 Each stage is the same code `python -m ssacl_jax.main --mode train|head|eval` runs; a
 stage whose outputs exist is resumed or reused, so running the demo twice is cheap.
 
-When the config has `warm_start.steps > 0`, training has two stages (see
-`warm_start_configs`): stage 0 trains the same config with `warm_start.loss_weights` (the
-demo's: L_ir + L_cl) for `warm_start.steps` steps into WORKDIR/`warm_start.subdir`; stage 1
-is the config itself, its `init` taking `warm_start.parts` from stage 0's last checkpoint.
+When the config has `warm_start.steps > 0`, training has two stages
+(`config_lib.warm_start_configs`): stage 0 trains the same config with
+`warm_start.loss_weights` (the demo's: L_ir + L_cl) for `warm_start.steps` steps into
+WORKDIR/`warm_start.subdir`; stage 1 is the config itself, its `init` taking
+`warm_start.parts` from stage 0's last checkpoint.
 """
 from __future__ import annotations
 
@@ -31,22 +32,6 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Work directory.")
 
 
-def warm_start_configs(config, workdir):
-  """[(config, workdir)] of the training stages: the warm start (if any), then the run."""
-  ws = config.get("warm_start")
-  if not ws or not ws.steps:
-    return [(config, workdir)]
-  stage0_dir = str(pathlib.Path(workdir) / ws.subdir)
-  stage0 = config.copy_and_resolve_references()
-  stage0.model.loss_weights = dict(ws.loss_weights)
-  stage0.train.num_steps = ws.steps
-  stage0.train.eval_every_steps = 0  # nothing to select: stage 1 takes the last step
-  stage0.warm_start.steps = 0
-  stage1 = config.copy_and_resolve_references()
-  stage1.init.checkpoint, stage1.init.step, stage1.init.parts = stage0_dir, -1, ws.parts
-  return [(stage0, stage0_dir), (stage1, workdir)]
-
-
 def main(argv):
   del argv
   import jax
@@ -57,7 +42,7 @@ def main(argv):
   workdir = _WORKDIR.value
   times = {}
   start = time.time()
-  stages = warm_start_configs(config, workdir)
+  stages = config_lib.warm_start_configs(config, workdir)
   for stage_config, stage_dir in stages[:-1]:
     w = {k: v for k, v in stage_config.model.loss_weights.items() if v}
     print(f"[demo] warm start: {stage_config.train.num_steps} steps of {w} in {stage_dir}",

@@ -13,7 +13,7 @@ the caches' slot axis:
       (hidden [R, L, W], caches): writes the L inputs at cache slots cache_index.. and
       attends causally to the cache slots marked in key_valid (S = cache size); positions
       are the inputs' positions in the sequence the model was trained on;
-  logits_fn(hidden [..., W]) -> logits [..., V] float32;
+  logits_fn(hidden [R, L, W]) -> logits [R, L, V] float32;
   embed_fn(ids [R, L]) -> embeds [R, L, W];
   init_cache_fn(rows, size) -> zero caches (a pytree whose leaves have rows on axis 0 and
       the `size` cache slots on axis `slot_axis`).
@@ -214,7 +214,7 @@ def prefill(lm: LanguageModel, prefix, prefix_valid, cfg: DecodeConfig, prompt_i
   positions = jnp.broadcast_to(jnp.arange(start, dtype=jnp.int32), (b, start))
   hidden, caches = lm.decode_fn(embeds, base_valid.astype(jnp.int32), caches,
                                 jnp.asarray(0, jnp.int32), positions)
-  first = lm.logits_fn(jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0])
+  first = lm.logits_fn(jnp.take_along_axis(hidden, last[:, None, None], axis=1))[:, 0]
   seen = jnp.zeros(first.shape, bool)
   if cfg.penalize_prompt and prompt_ids is not None:
     rows = jnp.broadcast_to(jnp.arange(b)[:, None], prompt_ids.shape)
@@ -230,7 +230,7 @@ def feed(lm: LanguageModel, tokens, caches, base_valid, start: int, step, positi
   valid = (base_valid | written[None]).astype(jnp.int32)
   hidden, caches = lm.decode_fn(lm.embed_fn(tokens[:, None]), valid, caches,
                                 jnp.asarray(start + step, jnp.int32), (position + step)[:, None])
-  return lm.logits_fn(hidden[:, 0]).astype(jnp.float32), caches
+  return lm.logits_fn(hidden)[:, 0].astype(jnp.float32), caches
 
 
 def _mark_seen(seen, tokens):

@@ -127,7 +127,7 @@ def test_config_checks_name_the_fields():
 
 # ----------------------------------------------------------------------------- whole path
 
-PRETRAIN_STEPS = 250
+PRETRAIN_STEPS = 40  # a checkpoint to start from; the path, not the pretraining, is tested
 
 
 @pytest.fixture(scope="module")

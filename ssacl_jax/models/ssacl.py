@@ -157,7 +157,7 @@ class SSACL(nn.Module):
                                positions=positions)
 
   def decoder_logits(self, hidden):
-    """Hidden states [..., Wd] -> logits [..., V] float32 (the tied output embedding)."""
+    """Hidden states [B, L, Wd] -> logits [B, L, V] float32 (the tied output embedding)."""
     return self.report_decoder.logits(hidden).astype(jnp.float32)
 
   decoder_cache_slot_axis = CACHE_SLOT_AXIS
