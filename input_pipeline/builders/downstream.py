@@ -278,7 +278,9 @@ class DownstreamBuilder(common.Builder, skip_registration=True):
     return img, stored_image(img, self.builder_config.image_size)
 
   def _rows(self, root: pathlib.Path, splits: dict[str, list[str]]) -> dict:
-    raise NotImplementedError
+    """Each data set's builder: id -> its labels row (read and checked from its files)."""
+    raise NotImplementedError(f"{type(self).__name__} must define _rows")
 
   def _example(self, image_id: str, row) -> dict:
-    raise NotImplementedError
+    """Each data set's builder: one record of features.downstream_features."""
+    raise NotImplementedError(f"{type(self).__name__} must define _example")
