@@ -14,7 +14,7 @@ signal and L_cl at chance, README "Demo results"). By hand:
   python -m ssacl_jax.main --config configs/demo.py --workdir runs/demo/warm_start \
       --config.model.loss_weights.cl=1 --config.model.loss_weights.lm=0 \
       --config.model.loss_weights.ar=0 --config.model.loss_weights.ac=0 \
-      --config.train.num_steps=800 --config.train.eval_every_steps=0
+      --config.train.num_steps=1500 --config.train.eval_every_steps=0
   python -m ssacl_jax.main --config configs/demo.py --workdir runs/demo \
       --config.init.checkpoint=runs/demo/warm_start \
       --config.init.parts=image_encoder,image_decoder,text_encoder,image_to_text,visible_w,visible_b,logit_scale
@@ -25,7 +25,7 @@ from ssacl_jax import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, steps=600, batch=32, warm_steps=800)
+  a = config_lib.parse_arg(arg, steps=600, batch=32, warm_steps=1500)
   c = config_lib.base_config()
   m = c.model
   m.image_size, m.patch = 64, 8
@@ -49,7 +49,10 @@ def get_config(arg=None):
   o.warmup_steps = 50
   c.eval.batch_size = 32
   c.eval.decode.max_new_tokens = 130
-  c.eval.decode.min_new_tokens = 40  # SPEC's 80 counts GPT-2 tokens of MIMIC reports
+  # SPEC's 80 counts GPT-2 tokens of MIMIC reports. Synthetic reports are 75 tokens at the
+  # median; on the validation split min 40 / 60 / 75 gave 26 / 31 / 38 words against the
+  # references' 39, and BLEU-1 0.375 / 0.447 / 0.518 (the brevity penalty).
+  c.eval.decode.min_new_tokens = 75
   # Stage 0 of ssacl_jax.demo (config_lib.warm_start_configs): L_ir + L_cl, same data and optimiser.
   # (L_ir alone, 800 steps, left L_cl at chance and grounding below the random map.)
   c.warm_start = ml_collections.ConfigDict(dict(

@@ -29,6 +29,7 @@ DEFAULT_SHARDING_RULES = (
     ("patch", None),
     ("positions", None),
     ("norm", None),
+    ("layers", None),   # the stacked axis of model.scan_layers
 )
 
 
@@ -62,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.dtype = "float32"          # compute dtype: 'bfloat16' for mixed precision
   m.param_dtype = "float32"
   m.remat = False
+  m.scan_layers = False  # one nn.scan per block stack ([depth, ...] params); with remat: low memory
   m.encoder = dict(width=768, depth=12, num_heads=12, mlp_dim=3072)
   m.image_decoder = dict(width=768, depth=4, num_heads=6, mlp_dim=3072)
   m.text = dict(vocab_size=30000, max_len=100, width=384, depth=6, num_heads=6, mlp_dim=1536)

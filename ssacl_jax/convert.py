@@ -485,12 +485,34 @@ def convert_tensors(kind: str, t: Tensors, model_cfg, report: Report) -> dict:
   raise ConversionError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
 
 
+def _num_blocks(stack: dict) -> int:
+  """Blocks in a stack's subtree: block0.. (unrolled) or the leading axis of layers/block."""
+  from ssacl_jax import layers
+  if set(stack) != {layers.SCANNED}:
+    return len(stack)
+  leaf = next(iter(flatten(stack).values()))
+  return (leaf.value if isinstance(leaf, Leaf) else leaf).shape[0]
+
+
+def _stack_leaves(leaves: list[Leaf]) -> Leaf:
+  return Leaf(np.stack([leaf.value for leaf in leaves]),
+              tuple(s for leaf in leaves for s in leaf.src), leaves[0].how)
+
+
+def match_layout(tree: dict, abstract: dict) -> dict:
+  """Converted parts (block0.. per stack) stacked where the model scans its layers."""
+  from ssacl_jax import layers
+  if not layers.has_scanned_layers(abstract):
+    return tree
+  return layers.stack_layers(tree, stack=_stack_leaves, is_leaf=lambda x: isinstance(x, Leaf))
+
+
 def _shape_hints(tree: dict, abstract: dict) -> list[str]:
   hints = []
   for part, section in CONFIG_SECTION.items():
     if part not in tree or not isinstance(tree[part].get("blocks"), dict):
       continue
-    n_src, n_ours = len(tree[part]["blocks"]), len(abstract[part]["blocks"])
+    n_src, n_ours = _num_blocks(tree[part]["blocks"]), _num_blocks(abstract[part]["blocks"])
     if n_src != n_ours:
       hints.append(f"{part}: the source has {n_src} blocks, the model {n_ours} "
                    f"(config.model.{section}.depth)")
@@ -576,6 +598,7 @@ def convert(kind: str, src, config, *, parts=None, allow_missing: bool = False,
                 f"part {part} not requested (parts={','.join(parts)})")
   report.parts = tuple(tree)
   abstract = abstract if abstract is not None else abstract_params(config)
+  tree = match_layout(tree, abstract)
   problems, missing = check_against_model(tree, abstract)
   known = {m[0] for m in report.missing}
   missing = [m for m in missing if m[0] not in known]

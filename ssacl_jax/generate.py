@@ -67,7 +67,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+
+from ssacl_jax import layers
 
 METHODS = ("beam", "greedy", "nucleus")
 
@@ -439,8 +442,21 @@ def run(lm: LanguageModel, prefix, prefix_valid, cfg: DecodeConfig, prompt_ids=N
 
 # -- SS-ACL ----------------------------------------------------------------------------------------
 
+def decoding_layout(model, variables):
+  """(model, variables) to decode with: a model with scanned layers decodes through its
+  unrolled twin (the KV cache is per block), its parameters unstacked once per call."""
+  if not model.config.scan_layers:
+    return model, variables
+  config = model.config.as_configdict()
+  config.scan_layers = False
+  return (model.clone(config=ml_collections.FrozenConfigDict(config)),
+          layers.unstack_layers(variables))
+
+
 def ssacl_language_model(model, variables) -> LanguageModel:
   """The SS-ACL report decoder as a LanguageModel (its `decode` method with the KV cache)."""
+  model, variables = decoding_layout(model, variables)
+
   def decode_fn(embeds, key_valid, caches, cache_index, positions):
     return model.apply(variables, embeds, key_valid, caches, cache_index, positions,
                        method=model.decode)

@@ -1,7 +1,8 @@
 """Transformer building blocks with logical axis names on every parameter and activation.
 
 Parameter axes: 'embed', 'mlp', 'heads' (flattened heads * head_dim), 'vocab', 'norm',
-'patch' (flattened patch pixels), 'positions', 'scalar'.
+'patch' (flattened patch pixels), 'positions', 'scalar', and 'layers' (the stacked axis of
+a scanned BlockStack).
 Activation axes: 'batch', 'length', 'act_embed', 'act_heads', 'act_kv', 'act_mlp',
 'act_vocab'. A config's `sharding_rules` maps both onto mesh axes.
 
@@ -11,6 +12,8 @@ DenseGeneral kernels break under a mesh (flax issue 3676).
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -183,8 +186,38 @@ class Block(nn.Module):
     return x, new_cache, weights
 
 
+class _ScannedBlock(nn.Module):
+  """One Block as a `nn.scan` body: carry x, broadcast bias, per-layer weights out."""
+  num_heads: int
+  mlp_dim: int
+  eps: float
+  pre_norm: bool
+  activation: str
+  return_weights: bool
+  dtype: Dtype
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x, bias):
+    x, _, weights = Block(self.num_heads, self.mlp_dim, self.eps, self.pre_norm, self.activation,
+                          dtype=self.dtype, param_dtype=self.param_dtype,
+                          name=SCANNED_BLOCK)(x, bias, return_weights=self.return_weights)
+    return x, weights
+
+
+SCANNED = "layers"       # BlockStack(scan=True): params at <stack>/layers/block/..., [depth, ...]
+SCANNED_BLOCK = "block"
+
+
 class BlockStack(nn.Module):
-  """`depth` blocks applied in order; the last block's attention weights on request."""
+  """`depth` blocks applied in order; the last block's attention weights on request.
+
+  scan=False: parameters block0 .. block{depth-1}, one Python-level call each.
+  scan=True: one `nn.scan` over stacked parameters ([depth, ...] under `layers/block`, the
+  leading axis named 'layers'). With remat this is the form whose activations XLA:CPU
+  really drops: unrolled `nn.remat` blocks keep most of them (bench/RESULTS.md). A scanned
+  stack has no KV-cache path: decoding runs the unrolled layout (`unstack_layers`).
+  """
   depth: int
   num_heads: int
   mlp_dim: int
@@ -192,11 +225,17 @@ class BlockStack(nn.Module):
   pre_norm: bool = True
   activation: str = "gelu"
   remat: bool = False
+  scan: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, bias=None, *, caches=None, cache_index=None, return_weights=False):
+    if self.scan:
+      if caches is not None:
+        raise ValueError("a scanned BlockStack has no KV-cache path; decode with the unrolled "
+                         "parameter layout (layers.unstack_layers)")
+      return self._scanned(x, bias, return_weights)
     # Rematerialisation applies to plain training calls only (no cache, no weights out).
     use_remat = self.remat and caches is None and not return_weights
     block_cls = nn.remat(Block) if use_remat else Block
@@ -213,3 +252,78 @@ class BlockStack(nn.Module):
       new_caches.append(cache)
       weights = w if w is not None else weights
     return x, (new_caches if caches is not None else None), weights
+
+  def _scanned(self, x, bias, return_weights):
+    body = _ScannedBlock
+    if self.remat and not return_weights:
+      body = nn.remat(body, prevent_cse=False)  # scan already keeps XLA from merging layers
+    scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast,), length=self.depth,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+    x, weights = scanned(self.num_heads, self.mlp_dim, self.eps, self.pre_norm, self.activation,
+                         return_weights, self.dtype, self.param_dtype, name=SCANNED)(x, bias)
+    return x, None, (weights[-1] if return_weights else None)
+
+
+# ----------------------------------------------------------------------------- layouts
+_UNROLLED = re.compile(r"block(\d+)$")
+
+
+def _is_scanned(node) -> bool:
+  return (isinstance(node, Mapping) and set(node) == {SCANNED}
+          and isinstance(node[SCANNED], Mapping) and set(node[SCANNED]) == {SCANNED_BLOCK})
+
+
+def _unrolled_depth(node) -> int:
+  """depth if `node` is exactly block0 .. block{depth-1}, else 0."""
+  if not isinstance(node, Mapping) or not node:
+    return 0
+  found = [_UNROLLED.match(k) for k in node]
+  if not all(found):
+    return 0
+  ids = sorted(int(m.group(1)) for m in found)
+  return len(ids) if ids == list(range(len(ids))) else 0
+
+
+def unstack_layers(tree, index=None):
+  """Scanned stacks (<stack>/layers/block, [depth, ...]) -> block0 .. block{depth-1}.
+
+  `index(leaf, i)` takes layer i of a stacked leaf (default leaf[i]). Other nodes are
+  returned as they are: a tree without scanned stacks comes back equal.
+  """
+  index = index or (lambda a, i: a[i])
+  if _is_scanned(tree):
+    stacked = tree[SCANNED][SCANNED_BLOCK]
+    depth = jax.tree.leaves(stacked)[0].shape[0]
+    return {f"block{i}": jax.tree.map(lambda a: index(a, i), stacked) for i in range(depth)}
+  if isinstance(tree, Mapping):
+    return {k: unstack_layers(v, index) for k, v in tree.items()}
+  return tree
+
+
+def stack_layers(tree, stack=None, is_leaf=None):
+  """block0 .. block{depth-1} -> <stack>/layers/block with a leading [depth] axis (the layout
+  of `BlockStack(scan=True)`); `stack(list of leaves)` defaults to np.stack."""
+  stack = stack or (lambda leaves: np.stack([np.asarray(a) for a in leaves]))
+  depth = _unrolled_depth(tree)
+  if depth:
+    blocks = [tree[f"block{i}"] for i in range(depth)]
+    return {SCANNED: {SCANNED_BLOCK: jax.tree.map(lambda *leaves: stack(list(leaves)), *blocks,
+                                                  is_leaf=is_leaf)}}
+  if isinstance(tree, Mapping):
+    return {k: stack_layers(v, stack, is_leaf) for k, v in tree.items()}
+  return tree
+
+
+def relayout_shapes(tree, scanned: bool):
+  """A tree of shape/dtype leaves in the scanned (True) or unrolled layout."""
+  if scanned:
+    return stack_layers(tree, stack=lambda leaves: jax.ShapeDtypeStruct(
+        (len(leaves),) + tuple(leaves[0].shape), leaves[0].dtype))
+  return unstack_layers(tree, index=lambda a, i: jax.ShapeDtypeStruct(tuple(a.shape[1:]), a.dtype))
+
+
+def has_scanned_layers(tree) -> bool:
+  if _is_scanned(tree):
+    return True
+  return isinstance(tree, Mapping) and any(has_scanned_layers(v) for v in tree.values())

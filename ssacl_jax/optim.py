@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssacl_jax import layers
+
 # Parameter names that never decay besides 1-D/0-D ones (position tables).
 NO_DECAY_NAMES = ("pos_embed", "wpe", "type_embed")
 REPORT_DECODER = "report_decoder"
@@ -19,9 +21,14 @@ def _names(path) -> tuple[str, ...]:
 
 
 def decay_mask(params):
-  """True where weight decay applies: matrices, except position tables."""
+  """True where weight decay applies: matrices, except position tables.
+
+  A scanned stack's parameters carry a leading [depth] axis that does not count.
+  """
   def decays(path, leaf):
-    return leaf.ndim >= 2 and not any(n in NO_DECAY_NAMES for n in _names(path))
+    names = _names(path)
+    ndim = leaf.ndim - (layers.SCANNED in names)
+    return ndim >= 2 and not any(n in NO_DECAY_NAMES for n in names)
   return jax.tree_util.tree_map_with_path(decays, params)
 
 

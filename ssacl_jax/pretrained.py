@@ -24,9 +24,10 @@ import logging
 import pathlib
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from ssacl_jax import checkpointing, convert
+from ssacl_jax import checkpointing, convert, layers
 
 # What each on-the-fly source can provide.
 KIND_PARTS = {"gpt2": ("report_decoder",), "mae": ("image_encoder", "image_decoder")}
@@ -123,8 +124,14 @@ def _from_checkpoint(config, path, step, wanted, abstract_params, fresh_params):
       logging.warning("init: %s in %s were not converted (%s); not taken from it",
                       ", ".join(fresh_there), path, converted["kind"])
   where = f"config.init.checkpoint={path} (step {step})"
-  diff = checkpointing.diff_trees({p: abstract_params[p] for p in parts},
-                                  {p: stored[p] for p in parts if p in stored})
+  model_parts = {p: abstract_params[p] for p in parts}
+  stored_parts = {p: stored[p] for p in parts if p in stored}
+  # A checkpoint written with the other model.scan_layers layout is restored to host memory
+  # and its block stacks stacked / unstacked to this model's layout.
+  scanned = layers.has_scanned_layers(model_parts)
+  relayout = scanned != layers.has_scanned_layers(stored_parts)
+  diff = checkpointing.diff_trees(
+      model_parts, layers.relayout_shapes(stored_parts, scanned) if relayout else stored_parts)
   if not diff.empty():
     raise checkpointing.CheckpointMismatchError(
         f"{where} does not match the model in the parts taken ({', '.join(parts)}):\n"
@@ -132,6 +139,12 @@ def _from_checkpoint(config, path, step, wanted, abstract_params, fresh_params):
         "--config.init.parts=...")
   if not parts:
     return {}, available
+  if relayout:
+    restored = _restore_to_host(ckpt, step, stored_parts)
+    restored = layers.stack_layers(restored) if scanned else layers.unstack_layers(restored)
+    logging.info("init: restored %s from %s (block stacks %s)", ", ".join(parts), where,
+                 "stacked" if scanned else "unstacked")
+    return convert.merge_into({p: fresh_params[p] for p in parts}, restored), available
   target = {"params": {p: jax.tree.map(
       lambda f: jax.ShapeDtypeStruct(f.shape, f.dtype, sharding=f.sharding), fresh_params[p])
       for p in parts}}
@@ -143,6 +156,17 @@ def _from_checkpoint(config, path, step, wanted, abstract_params, fresh_params):
   ckpt.close()
   logging.info("init: restored %s from %s", ", ".join(parts), where)
   return dict(restored), available
+
+
+def _restore_to_host(ckpt, step, stored_parts) -> dict:
+  """{part: numpy tree} of the stored parts, in the checkpoint's own layout."""
+  target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                   stored_parts)}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      target, restore_args=restore_args, partial_restore=True)))["state"]["params"]
+  ckpt.close()
+  return dict(restored)
 
 
 def _from_converter(kind, src, config, wanted, abstract_params) -> dict:

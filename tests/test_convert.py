@@ -583,6 +583,29 @@ def test_converted_checkpoint_feeds_config_init(release, tmp_path, capsys):
   jax.tree.map(np.testing.assert_array_equal, loaded["image_encoder"], fresh["image_encoder"])
 
 
+def test_scanned_layers_take_converted_weights_and_either_checkpoint_layout(release, tmp_path):
+  from ssacl_jax import layers
+  _, _, path, params, _ = release
+  unrolled, scanned = parity_config(), parity_config()
+  scanned.model.scan_layers = True
+  # Converting straight into the scanned layout stacks each stack's blocks.
+  got, _ = convert.convert("ssacl_release", path, scanned)
+  want = layers.stack_layers(params)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  # A checkpoint in one layout initialises a model in the other, both ways.
+  for written, loading in ((unrolled, scanned), (scanned, unrolled)):
+    out = tmp_path / f"scan_{written.model.scan_layers}"
+    convert.run("ssacl_release", path, written, out)
+    cfg = loading.copy_and_resolve_references()
+    cfg.init.checkpoint = str(out)
+    loaded = pretrained.load_initial_params(cfg, convert.abstract_params(cfg),
+                                            fresh_params(cfg, seed=5))
+    expect = want if cfg.model.scan_layers else params
+    assert jax.tree.structure(loaded) == jax.tree.structure(expect)
+    jax.tree.map(np.testing.assert_array_equal, loaded, expect)
+
+
 def test_config_init_gpt2_on_the_fly_and_errors(hf_gpt2, release, tmp_path):
   _, gpt, folder = hf_gpt2
   config = parity_config()

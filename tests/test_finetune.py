@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssacl_jax import checkpointing, finetune, sharding, train
+from ssacl_jax import checkpointing, config_lib, finetune, sharding, train
 from ssacl_jax.models import finetune as models
 from tiny_finetune_config import tiny_finetune_config
 
@@ -117,12 +117,26 @@ def test_unknown_frozen_group_is_named():
 
 
 def test_config_checks_name_the_fields():
-  from ssacl_jax import config_lib
   config = tiny_finetune_config("classification")
   config.finetune.label_fraction = 0.05
   config.data.dataset = "synthetic_cxr"
   with pytest.raises(config_lib.ConfigError, match="label_fraction.*\n.*synthetic_cxr"):
     config_lib.validate(config)
+
+
+def test_synthetic_finetune_config_takes_the_demo_encoder_and_its_variants():
+  from configs import demo, finetune_synthetic
+  c = finetune_synthetic.get_config("label_fraction=0.01,init=runs/demo,linear_probe,seed=3")
+  config_lib.validate(c)
+  d = demo.get_config()
+  assert (c.model.encoder, c.model.image_size, c.model.patch) == (
+      d.model.encoder, d.model.image_size, d.model.patch)
+  assert c.data.builder.image_size == d.model.image_size and c.data.dataset == "synthetic_finetune"
+  assert (c.init.checkpoint, c.init.parts, c.optim.freeze) == ("runs/demo", "image_encoder",
+                                                              "image_encoder")
+  assert (c.optim.learning_rate, c.train.seed, c.finetune.label_fraction) == (1e-2, 3, 0.01)
+  c = finetune_synthetic.get_config()
+  assert (c.init.checkpoint, c.optim.freeze, c.optim.learning_rate) == ("", "", 1e-3)
 
 
 # ----------------------------------------------------------------------------- whole path

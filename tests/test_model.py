@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import ssacl_vitb16
-from ssacl_jax import param_count, sharding
+from ssacl_jax import layers, param_count, sharding
 from ssacl_jax.models import ssacl
 from tiny_config import tiny_config
 
@@ -146,10 +146,15 @@ def test_bf16_compute_with_fp32_parameters(tiny):
   np.testing.assert_allclose(total, total32, rtol=0.05)
 
 
-def test_jitted_forward_backward_on_8_device_mesh_with_fsdp_params(tiny):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_jitted_forward_backward_on_8_device_mesh_with_fsdp_params(tiny, scan_layers):
   config, model, variables, batch, tokens = tiny
   config = config.copy_and_resolve_references()
   config.mesh.shape = (2, 4, 1)
+  if scan_layers:  # stacked [depth, ...] parameters: the 'layers' axis stays unsharded
+    config.model.scan_layers = config.model.remat = True
+    model = ssacl.build_model(config.model)
+    variables = layers.stack_layers(variables)
   mesh = sharding.make_mesh(config)
   assert mesh.devices.size == 8
   boxed = jax.eval_shape(lambda r: model.init({"params": r, "mask": r}, batch, *tokens),
@@ -173,6 +178,9 @@ def test_jitted_forward_backward_on_8_device_mesh_with_fsdp_params(tiny):
   ref_value, ref_grads = jax.jit(jax.value_and_grad(loss))(variables["params"], big)
   np.testing.assert_allclose(value, ref_value, rtol=1e-4)
   assert grads["image_encoder"]["patch_embed"]["kernel"].sharding.spec == P(None, "fsdp")
+  if scan_layers:
+    fc1 = grads["image_encoder"]["blocks"]["layers"]["block"]["mlp"]["fc1"]["kernel"]
+    assert fc1.sharding.spec == P(None, "fsdp", "tensor")
   np.testing.assert_allclose(grads["report_decoder"]["wte"]["embedding"],
                              ref_grads["report_decoder"]["wte"]["embedding"], atol=1e-5)
 

@@ -99,7 +99,8 @@ class Finetuner(nn.Module):
     kw = dict(dtype=dtype_from_name(m.dtype), param_dtype=dtype_from_name(m.param_dtype))
     e = m.encoder
     self.image_encoder = ImageEncoder(m.image_size, m.patch, m.channels, e.width, e.depth,
-                                      e.num_heads, e.mlp_dim, remat=m.remat, **kw)
+                                      e.num_heads, e.mlp_dim, remat=m.remat,
+                                      scan_layers=m.scan_layers, **kw)
     if f.kind == CLASSIFICATION:
       self.head = layers.dense(self.num_classes, ("embed", None), **kw,
                                kernel_init=nn.initializers.zeros)

@@ -58,6 +58,7 @@ class ImageEncoder(nn.Module):
   mlp_dim: int = 3072
   eps: float = 1e-6
   remat: bool = False
+  scan_layers: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -99,7 +100,8 @@ class ImageEncoder(nn.Module):
       bias = query_attention_bias(head.shape[1], x.shape[1])
     x = jnp.concatenate([head, x], axis=1)
     x, _, weights = layers.BlockStack(
-        self.depth, self.num_heads, self.mlp_dim, self.eps, remat=self.remat, name="blocks",
+        self.depth, self.num_heads, self.mlp_dim, self.eps, remat=self.remat,
+        scan=self.scan_layers, name="blocks",
         **kw)(x, bias, return_weights=return_attention)
     x = layers.layer_norm(self.eps, name="norm", **kw)(x)
     attention = None if weights is None else weights[:, :, :head.shape[1]]
@@ -117,6 +119,7 @@ class ImageDecoder(nn.Module):
   mlp_dim: int = 3072
   eps: float = 1e-6
   remat: bool = False
+  scan_layers: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -125,7 +128,7 @@ class ImageDecoder(nn.Module):
     self.embed = layers.dense(self.width, ("embed", "mlp"), **kw)
     self.mask_token = param_vector(self, "mask_token", self.width, self.param_dtype)
     self.blocks = layers.BlockStack(self.depth, self.num_heads, self.mlp_dim, self.eps,
-                                    remat=self.remat, **kw)
+                                    remat=self.remat, scan=self.scan_layers, **kw)
     self.norm = layers.layer_norm(self.eps, **kw)
     self.head = layers.dense(self.patch * self.patch * self.channels, ("mlp", "patch"), **kw)
 

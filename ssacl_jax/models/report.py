@@ -28,6 +28,7 @@ class ReportDecoder(nn.Module):
   mlp_dim: int = 3072
   eps: float = 1e-5
   remat: bool = False
+  scan_layers: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -37,7 +38,8 @@ class ReportDecoder(nn.Module):
     self.wpe = embedding(self.max_positions, self.width, ("positions", "embed"), name="wpe",
                          stddev=0.01, **kw)
     self.blocks = layers.BlockStack(self.depth, self.num_heads, self.mlp_dim, self.eps,
-                                    activation="gelu_tanh", remat=self.remat, **kw)
+                                    activation="gelu_tanh", remat=self.remat,
+                                    scan=self.scan_layers, **kw)
     self.norm = layers.layer_norm(self.eps, **kw)
 
   def embed_tokens(self, ids):

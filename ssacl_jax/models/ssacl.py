@@ -40,16 +40,17 @@ class SSACL(nn.Module):
     e, d, t, r = c.encoder, c.image_decoder, c.text, c.report
     self.image_encoder = ImageEncoder(
         c.image_size, c.patch, c.channels, e.width, e.depth, e.num_heads, e.mlp_dim,
-        remat=c.remat, **kw)
+        remat=c.remat, scan_layers=c.scan_layers, **kw)
     num_patches = (c.image_size // c.patch) ** 2
     self.image_decoder = ImageDecoder(
         num_patches, c.patch, c.channels, d.width, d.depth, d.num_heads, d.mlp_dim,
-        remat=c.remat, **kw)
+        remat=c.remat, scan_layers=c.scan_layers, **kw)
     self.text_encoder = TextEncoder(
-        t.vocab_size, t.max_len, t.width, t.depth, t.num_heads, t.mlp_dim, remat=c.remat, **kw)
+        t.vocab_size, t.max_len, t.width, t.depth, t.num_heads, t.mlp_dim, remat=c.remat,
+        scan_layers=c.scan_layers, **kw)
     self.report_decoder = ReportDecoder(
         r.vocab_size, r.max_positions, r.width, r.depth, r.num_heads, r.mlp_dim,
-        remat=c.remat, **kw)
+        remat=c.remat, scan_layers=c.scan_layers, **kw)
     self.image_to_text = layers.dense(t.width, ("embed", "mlp"), **kw)
     self.text_to_query = layers.dense(e.width, ("mlp", "embed"), **kw)
     self.to_decoder = layers.dense(r.width, ("embed", "mlp"), **kw)

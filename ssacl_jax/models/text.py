@@ -26,6 +26,7 @@ class TextEncoder(nn.Module):
   type_vocab_size: int = 2
   eps: float = 1e-12
   remat: bool = False
+  scan_layers: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -43,7 +44,8 @@ class TextEncoder(nn.Module):
     x = layers.layer_norm(self.eps, name="embed_norm", **kw)(x)
     x = layers.constrain(x, ("batch", "length", "act_embed"))
     x, _, _ = layers.BlockStack(self.depth, self.num_heads, self.mlp_dim, self.eps,
-                                pre_norm=False, remat=self.remat, name="blocks", **kw)(
+                                pre_norm=False, remat=self.remat, scan=self.scan_layers,
+                                name="blocks", **kw)(
                                     x, layers.key_mask_bias(mask))
     pooled = jnp.tanh(layers.dense(self.width, ("embed", "mlp"), name="pooler", **kw)(x[:, 0]))
     return x, pooled

@@ -1,0 +1,30 @@
+"""Fine-tune the demo's SS-ACL encoder on the synthetic set's 14 labels or finding masks.
+
+  python -m ssacl_jax.demo --workdir runs/demo
+  python -m ssacl_jax.main --mode finetune --workdir runs/ft_1pct \
+      --config configs/finetune_synthetic.py:label_fraction=0.01,init=runs/demo
+  python -m ssacl_jax.main --mode finetune --workdir runs/ft_1pct_random \
+      --config configs/finetune_synthetic.py:label_fraction=0.01
+
+Variants: kind (classification, segmentation), label_fraction (1.0, 0.1, 0.01; of 1600
+training images), linear_probe, init, steps, batch, lr, seed (config_lib.finetune_config).
+Test metrics: WORKDIR/eval/test/metrics.json.
+"""
+from configs import demo
+from ssacl_jax import config_lib
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, kind="classification", seed=0, steps=100, batch=16, lr=0.0,
+                           label_fraction=1.0, linear_probe=False, init="")
+  lr = a.lr or (1e-2 if a.linear_probe else 1e-3)
+  variants = [f"steps={a.steps}", f"batch={a.batch}", f"lr={lr}",
+              f"label_fraction={a.label_fraction}"]
+  variants += ["linear_probe"] * a.linear_probe + [f"init={a.init}"] * bool(a.init)
+  c = config_lib.finetune_config(",".join(variants), dataset="synthetic_finetune", kind=a.kind,
+                                 base=demo.get_config())
+  c.data.builder = dict(train_size=1600, validation_size=64, test_size=128, image_size=64, seed=0)
+  c.data.affine_degrees, c.data.affine_scale = 0.0, (1.0, 1.0)
+  c.train.seed = a.seed
+  c.eval.batch_size = 64
+  return c
