@@ -338,12 +338,24 @@ def _keep_best(scores, tokens, lengths, new_scores, new_tokens, new_lengths, k: 
           jnp.take_along_axis(all_lengths, idx, axis=1))
 
 
-def _reorder_generated(cache, rows, start: int, slot_axis: int):
-  """cache rows <- cache[rows], for the generated slots (start..) only: the prefix and
-  prompt slots are equal across a sample's beams, and copying them every step was a third
-  of beam search's time at the paper's sizes (bench/RESULTS.md)."""
+def _pick_beams(x, beam):
+  """x [b * k, ...] (rows b*k + beam) <- each sample's rows `beam` [b, k] of the same sample.
+
+  Gathering within a sample (not by global row) keeps rows on their batch shard: a global
+  row gather made XLA all-gather the KV cache on every chip (bench/RESULTS.md, AOT).
+  """
+  b, k = beam.shape
+  grouped = x.reshape(b, k, *x.shape[1:])
+  idx = beam.reshape(b, k, *([1] * (x.ndim - 1)))
+  return jnp.take_along_axis(grouped, idx, axis=1).reshape(x.shape)
+
+
+def _reorder_generated(cache, beam, start: int, slot_axis: int):
+  """cache rows <- the chosen beams' rows, for the generated slots (start..) only: the
+  prefix and prompt slots are equal across a sample's beams, and copying them every step
+  was a third of beam search's time at the paper's sizes (bench/RESULTS.md)."""
   generated = jax.lax.slice_in_dim(cache, start, cache.shape[slot_axis], axis=slot_axis)
-  return jax.lax.dynamic_update_slice_in_dim(cache, jnp.take(generated, rows, axis=0), start,
+  return jax.lax.dynamic_update_slice_in_dim(cache, _pick_beams(generated, beam), start,
                                              axis=slot_axis)
 
 
@@ -401,10 +413,9 @@ def beam_search(lm: LanguageModel, prefix, prefix_valid, cfg: DecodeConfig, prom
     token = jnp.take_along_axis(cand_token, pick, axis=1)
     beam_scores = jnp.take_along_axis(cand_scores, pick, axis=1)
     seqs = jnp.take_along_axis(seqs, beam[:, :, None], axis=1).at[:, :, step].set(token)
-    rows = (jnp.arange(b)[:, None] * k + beam).reshape(-1)
     caches = jax.tree.map(
-        lambda c: _reorder_generated(c, rows, pre.start, lm.slot_axis), s["caches"])
-    seen = _mark_seen(jnp.take(s["seen"], rows, axis=0), token.reshape(-1))
+        lambda c: _reorder_generated(c, beam, pre.start, lm.slot_axis), s["caches"])
+    seen = _mark_seen(_pick_beams(s["seen"], beam), token.reshape(-1))
 
     # HF is_done (early_stopping=False): num_beams finished and none can be beaten.
     full = jnp.sum(jnp.isfinite(fin[0]), axis=1) >= k

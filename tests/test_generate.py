@@ -474,13 +474,14 @@ def test_ssacl_padded_prompts_decode_as_unpadded(tiny, method):
     np.testing.assert_allclose(one.scores[0], out.scores[row], rtol=1e-5)
 
 
-def test_beam_reorder_moves_only_generated_slots():
-  cache = jnp.arange(2 * 3 * 5, dtype=jnp.float32).reshape(2, 3, 5)  # [rows, x, slots]
-  out = np.asarray(gen._reorder_generated(cache, jnp.array([1, 1]), 3, slot_axis=2))
+def test_beam_reorder_moves_only_generated_slots_within_each_sample():
+  cache = jnp.arange(4 * 3 * 5, dtype=jnp.float32).reshape(4, 3, 5)  # [rows b*k+beam, x, slots]
+  beam = jnp.array([[1, 1], [1, 0]])  # 2 samples x 2 beams: which beam of the same sample
+  out = np.asarray(gen._reorder_generated(cache, beam, 3, slot_axis=2))
   c = np.asarray(cache)
   np.testing.assert_array_equal(out[:, :, :3], c[:, :, :3])
-  np.testing.assert_array_equal(out[0, :, 3:], c[1, :, 3:])
-  np.testing.assert_array_equal(out[1, :, 3:], c[1, :, 3:])
+  for row, src in enumerate([1, 1, 3, 2]):
+    np.testing.assert_array_equal(out[row, :, 3:], c[src, :, 3:], err_msg=f"row {row}")
 
 
 def test_decode_config_rejects_unknown_and_bad_settings():
@@ -490,3 +491,17 @@ def test_decode_config_rejects_unknown_and_bad_settings():
     gen.decode_config(method="topk")
   c = gen.decode_config(None, num_beams=5)
   assert c.num_beams == 5 and c.max_new_tokens == 100 and c.min_new_tokens == 80
+
+
+def test_kv_cache_rows_follow_the_batch_sharding(tiny):
+  from ssacl_jax import sharding
+  config = tiny_config()
+  config.mesh.shape = (4, 2, 1)
+  mesh = sharding.make_mesh(config)
+  m, v = tiny["model"], tiny["variables"]
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
+    caches = jax.jit(lambda: m.apply(v, 8, 16, method=m.init_decoder_cache))()
+  keys = caches[0][0]
+  assert keys.shape[0] == 8
+  assert keys.sharding.spec[0] == ("data", "fsdp")  # rows split over all 8 devices
+  assert keys.addressable_shards[0].data.shape[0] == 1

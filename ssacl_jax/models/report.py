@@ -19,6 +19,9 @@ Dtype = Any
 CACHE_SLOT_AXIS = 2  # init_cache: (keys, values) [B, H, slots, Dh]
 
 
+CACHE_AXES = ("batch", "act_heads", None, "act_kv")  # [B, H, S, Dh]
+
+
 class ReportDecoder(nn.Module):
   vocab_size: int = 50257
   max_positions: int = 1024
@@ -80,4 +83,7 @@ class ReportDecoder(nn.Module):
   def init_cache(self, batch: int, max_len: int, dtype=jnp.float32):
     """Zero caches: a list (one per block) of (keys, values) [B, H, max_len, Dh]."""
     shape = (batch, self.num_heads, max_len, self.width // self.num_heads)
-    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(self.depth)]
+    # Rows follow the batch sharding; left unconstrained, XLA replicated the whole cache
+    # on every chip (bench/RESULTS.md, AOT).
+    zeros = lambda: layers.constrain(jnp.zeros(shape, dtype), CACHE_AXES)  # noqa: E731
+    return [(zeros(), zeros()) for _ in range(self.depth)]
