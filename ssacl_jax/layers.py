@@ -186,6 +186,10 @@ class Block(nn.Module):
     return x, new_cache, weights
 
 
+SCANNED = "layers"       # BlockStack(scan=True): params at <stack>/layers/block/..., [depth, ...]
+SCANNED_BLOCK = "block"
+
+
 class _ScannedBlock(nn.Module):
   """One Block as a `nn.scan` body: carry x, broadcast bias, per-layer weights out."""
   num_heads: int
@@ -203,10 +207,6 @@ class _ScannedBlock(nn.Module):
                           dtype=self.dtype, param_dtype=self.param_dtype,
                           name=SCANNED_BLOCK)(x, bias, return_weights=self.return_weights)
     return x, weights
-
-
-SCANNED = "layers"       # BlockStack(scan=True): params at <stack>/layers/block/..., [depth, ...]
-SCANNED_BLOCK = "block"
 
 
 class BlockStack(nn.Module):

@@ -140,29 +140,26 @@ def _from_checkpoint(config, path, step, wanted, abstract_params, fresh_params):
   if not parts:
     return {}, available
   if relayout:
-    restored = _restore_to_host(ckpt, step, stored_parts)
+    host = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored_parts)
+    restored = _restore_params(ckpt, step, host,  # to host memory, in the stored layout
+                               lambda _: ocp.RestoreArgs(restore_type=np.ndarray))
     restored = layers.stack_layers(restored) if scanned else layers.unstack_layers(restored)
     logging.info("init: restored %s from %s (block stacks %s)", ", ".join(parts), where,
                  "stacked" if scanned else "unstacked")
     return convert.merge_into({p: fresh_params[p] for p in parts}, restored), available
-  target = {"params": {p: jax.tree.map(
-      lambda f: jax.ShapeDtypeStruct(f.shape, f.dtype, sharding=f.sharding), fresh_params[p])
-      for p in parts}}
-  restore_args = jax.tree.map(
-      lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype),
-      target)
-  restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      target, restore_args=restore_args, partial_restore=True)))["state"]["params"]
-  ckpt.close()
+  like = {p: jax.tree.map(lambda f: jax.ShapeDtypeStruct(f.shape, f.dtype, sharding=f.sharding),
+                         fresh_params[p]) for p in parts}
+  restored = _restore_params(ckpt, step, like, lambda x: ocp.ArrayRestoreArgs(
+      sharding=x.sharding, global_shape=x.shape, dtype=x.dtype))
   logging.info("init: restored %s from %s", ", ".join(parts), where)
-  return dict(restored), available
+  return restored, available
 
 
-def _restore_to_host(ckpt, step, stored_parts) -> dict:
-  """{part: numpy tree} of the stored parts, in the checkpoint's own layout."""
-  target = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                                   stored_parts)}
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+def _restore_params(ckpt, step, like: dict, restore_arg) -> dict:
+  """{part: params} of `step` shaped like `like` ({part: tree of ShapeDtypeStructs}), each
+  leaf restored as `restore_arg(leaf)` says; closes the checkpointer."""
+  target = {"params": like}
+  restore_args = jax.tree.map(restore_arg, target)
   restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       target, restore_args=restore_args, partial_restore=True)))["state"]["params"]
   ckpt.close()

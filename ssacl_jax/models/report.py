@@ -17,9 +17,7 @@ from ssacl_jax.models.text import embedding
 Dtype = Any
 
 CACHE_SLOT_AXIS = 2  # init_cache: (keys, values) [B, H, slots, Dh]
-
-
-CACHE_AXES = ("batch", "act_heads", None, "act_kv")  # [B, H, S, Dh]
+CACHE_AXES = ("batch", "act_heads", None, "act_kv")  # their logical axes
 
 
 class ReportDecoder(nn.Module):
