@@ -208,6 +208,43 @@ def test_segmentation_learns_the_finding_boxes(pretrained, ft_data_dir, tmp_path
   assert (tmp_path / "eval" / "test" / "metrics.json").is_file()
 
 
+@pytest.mark.transfer
+def test_ssacl_encoder_beats_random_init_with_1pct_labels(tmp_path_factory):
+  """The transfer claim at demo scale: about 15 minutes on 2 cores, so opt-in (-m transfer).
+
+  Pretrains the demo (configs/demo.py: warm start, then SS-ACL), or takes the checkpoint
+  of an earlier `python -m ssacl_jax.demo --workdir DIR` from $SSACL_DEMO_WORKDIR, then
+  fine-tunes configs/finetune_synthetic.py on its 16 labelled images (1%) from it and from
+  random initialisation with seeds 0-2. At test scale no pretraining leaves chance for
+  L_cl within CI's budget (README "Downstream tasks"), which is why CI does not run this.
+  """
+  import os
+  from configs import demo, finetune_synthetic
+  pretrained_dir = os.environ.get("SSACL_DEMO_WORKDIR", "")
+  if not pretrained_dir:
+    config = demo.get_config()
+    config.data.data_dir = str(tmp_path_factory.mktemp("demo_data"))
+    config.checkpoint.async_save = False
+    pretrained_dir = str(tmp_path_factory.mktemp("demo"))
+    for stage_config, stage_dir in config_lib.warm_start_configs(config, pretrained_dir):
+      train.train_and_evaluate(stage_config, stage_dir)
+  data_dir = str(tmp_path_factory.mktemp("ft_data"))
+
+  def auroc(arg):
+    config = finetune_synthetic.get_config(f"label_fraction=0.01,{arg}")
+    config.data.data_dir = data_dir
+    config.checkpoint.async_save = False
+    return finetune.run(config, str(tmp_path_factory.mktemp("ft")))["auroc_mean"]
+
+  for mode in ("linear_probe", "lr=1e-3"):
+    ours = auroc(f"{mode},init={pretrained_dir}")
+    scratch = [auroc(f"{mode},seed={seed}") for seed in range(3)]
+    print(f"1% labels, {mode}: test AUROC from SS-ACL {ours:.3f}, random init {scratch}")
+    assert ours > np.mean(scratch) + 0.01, (mode, ours, scratch)
+    if mode == "linear_probe":
+      assert ours > max(scratch), (ours, scratch)
+
+
 def test_encoder_checkpoint_that_does_not_match_is_named(uninterrupted, tiny_data_dir,
                                                          tmp_path):
   from ssacl_jax import pretrained as pretrained_lib
