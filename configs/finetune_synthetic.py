@@ -21,10 +21,16 @@ def get_config(arg=None):
   variants = [f"steps={a.steps}", f"batch={a.batch}", f"lr={lr}",
               f"label_fraction={a.label_fraction}"]
   variants += ["linear_probe"] * a.linear_probe + [f"init={a.init}"] * bool(a.init)
-  c = config_lib.finetune_config(",".join(variants), dataset="synthetic_finetune", kind=a.kind,
-                                 base=demo.get_config())
+  c = synthetic_finetune_config(",".join(variants), a.kind, demo.get_config())
+  c.train.seed = a.seed
+  return c
+
+
+def synthetic_finetune_config(arg, kind, base):
+  """config_lib.finetune_config on the synthetic set: 1600 training images at 64 px, no
+  random affine (the finding boxes are the segmentation targets)."""
+  c = config_lib.finetune_config(arg, dataset="synthetic_finetune", kind=kind, base=base)
   c.data.builder = dict(train_size=1600, validation_size=64, test_size=128, image_size=64, seed=0)
   c.data.affine_degrees, c.data.affine_scale = 0.0, (1.0, 1.0)
-  c.train.seed = a.seed
   c.eval.batch_size = 64
   return c
