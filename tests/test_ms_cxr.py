@@ -3,7 +3,6 @@ images, and `--mode eval` with eval.dataset=ms_cxr on the tiny trained workdir."
 import json
 import pathlib
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -113,8 +112,11 @@ def test_unknown_category_is_named(tmp_path):
 
 
 def test_phrase_grounding_eval_scores_each_phrase_with_both_maps(uninterrupted, tiny_data_dir,
-                                                                  fixture_dir):
+                                                                  fixture_dir, monkeypatch):
   root, annotations = fixture_dir
+  restored, restore = [], inference.restore  # the eval's model, kept to recompute a phrase
+  monkeypatch.setattr(inference, "restore", lambda *a, **k: restored.append(restore(*a, **k))
+                      or restored[0])
   config = config_for(tiny_data_dir)
   config.eval.dataset = "ms_cxr"
   config.eval.builder.annotations = str(annotations)
@@ -130,15 +132,14 @@ def test_phrase_grounding_eval_scores_each_phrase_with_both_maps(uninterrupted, 
 
   # One phrase recomputed outside the eval: its image through the model with its phrase
   # as the query, the box mask from the JSON's pixels, CNR by its formula.
-  r = inference.restore(config, str(uninterrupted))
+  r = restored[0]
   source = build.load_split("ms_cxr", tiny_data_dir, "test", annotations=str(annotations))
   record, size, grid = source[0], config.model.image_size, config.model.image_size // config.model.patch
   grey = transforms.load_grey(record["image"])
   image = transforms.normalise(transforms.resize_grey(grey, size), config.model.channels)[None]
   ids, mask = evaluate.encode_batch(r.tokenizers.text, ["there is severe cardiomegaly"],
                                     config.data.text_len)
-  maps = np.asarray(r.model.apply({"params": r.params}, jnp.asarray(image), ids, mask,
-                                  method=evaluate._phrase_and_cls_maps))[0]
+  maps = np.asarray(inference.jit_method(r, evaluate._phrase_and_cls_maps)(image, ids, mask))[0]
   data = json.loads(annotations.read_text())
   box_mask = np.zeros((size, size), bool)
   for ann in (data["annotations"][0], data["annotations"][-1]):
@@ -160,3 +161,25 @@ def test_phrase_grounding_eval_scores_each_phrase_with_both_maps(uninterrupted, 
   assert metrics["phrase_grounding/pleural_effusion/ours/miou"] == pytest.approx(np.mean(effusion))
   assert metrics["phrase_grounding/all/cls_attention/pointing_game"] == pytest.approx(
       np.mean([r["cls_attention"]["pointing_game"] for r in rows]))
+
+
+def test_category_means_count_each_phrase_once_and_skip_undefined_cnr():
+  categories = ["Edema", "Pleural Effusion", "Edema"]
+  scores = {"ours": [{"cnr": 1.0, "miou": 0.2, "pointing_game": 1.0},
+                     {"cnr": float("nan"), "miou": 0.4, "pointing_game": 0.0},
+                     {"cnr": 3.0, "miou": 0.6, "pointing_game": 0.0}]}
+  m = grounding.phrase_grounding_metrics(categories, scores)
+  assert m["phrase_grounding/edema/ours/cnr"] == 2.0
+  assert m["phrase_grounding/edema/ours/pointing_game"] == 0.5
+  assert np.isnan(m["phrase_grounding/pleural_effusion/ours/cnr"])
+  assert m["phrase_grounding/all/ours/cnr"] == 2.0
+  assert m["phrase_grounding/all/ours/miou"] == pytest.approx(0.4)
+  assert (m["phrase_grounding/all/ours/count"], m["phrase_grounding/edema/ours/count"]) == (3, 2)
+
+
+def test_eval_dataset_must_be_a_phrase_grounding_set():
+  from ssacl_jax import config_lib
+  config = config_for("data")
+  config.eval.dataset = "iu_xray"
+  with pytest.raises(config_lib.ConfigError, match="eval.dataset 'iu_xray' must be.*ms_cxr"):
+    config_lib.validate(config)
