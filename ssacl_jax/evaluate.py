@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from input_pipeline import builders, features as features_lib, labeler as labeler_lib
+from input_pipeline import (builders, features as features_lib, labeler as labeler_lib, pipeline,
+                            transforms)
 from ssacl_jax import anatomy, generate, inference, pathology_head
 from ssacl_jax.evaluation import (classification, clinical, grounding, language, report_card,
                                   retrieval, zero_shot)
@@ -264,6 +265,7 @@ def evaluate(config, workdir) -> dict:
 # boxes by two maps: the phrase encoded as a query (ours, SPEC 5) and the class token's
 # attention (the release's phrase-grounding script, which ignores the phrase).
 PHRASE_METHODS = ("ours", "cls_attention")
+PHRASE_FIELDS = ("study_id", "image_path", "category", "phrase")  # kept in phrases.jsonl
 
 
 def _phrase_and_cls_maps(model, images, phrase_ids, phrase_mask):
@@ -279,7 +281,6 @@ class _PhraseExample:
     self.source, self.indices, self.opts, self.text_tok = source, indices, opts, text_tok
 
   def __call__(self, position: int) -> dict:
-    from input_pipeline import transforms
     s = self.opts.image_size
     if position >= len(self.indices):
       return {"image": np.zeros((s, s, self.opts.channels), np.float32),
@@ -289,6 +290,7 @@ class _PhraseExample:
     record = self.source[index]
     grey = transforms.load_grey(record["image"])
     boxes = transforms.resize_boxes(record["boxes"], grey.shape, s)
+    # Lower-cased like every text the text encoder reads (transforms.contrastive_text).
     phrase = transforms.contrastive_text(features_lib.as_text(record["phrase"]), None)
     return {"image": transforms.normalise(transforms.resize_grey(grey, s), self.opts.channels),
             **transforms.text_sequence(phrase, self.text_tok, self.opts.text_len),
@@ -298,7 +300,6 @@ class _PhraseExample:
 
 def collect_phrase_maps(r: inference.Restored, source, batch_size: int) -> dict:
   """{'maps' [n, 2, N] (PHRASE_METHODS order), 'box_mask' [n, S, S]} in source order."""
-  from input_pipeline import pipeline
   opts = pipeline.DataOptions.from_config(r.config)
   p, count = jax.process_index(), jax.process_count()
   examples = _PhraseExample(source, range(p, len(source), count), opts, r.tokenizers.text)
@@ -331,24 +332,25 @@ def phrase_grounding(config, workdir) -> dict:
   scores = {method: [grounding.map_scores(grid_maps(m, grid), mask, (size, size))
                      for m, mask in zip(res["maps"][:, row], res["box_mask"])]
             for row, method in enumerate(PHRASE_METHODS)}
-  records = [source[i] for i in range(len(source))]
-  categories = [features_lib.as_text(rec["category"]) for rec in records]
-  metrics = {"step": r.step, "split": cfg.split, "examples": len(records),
-             **grounding.phrase_grounding_metrics(categories, scores),
+  phrases = [{k: features_lib.as_text(source[i][k]) for k in PHRASE_FIELDS}
+             for i in range(len(source))]
+  metrics = {"step": r.step, "split": cfg.split, "examples": len(phrases),
+             **grounding.phrase_grounding_metrics([p["category"] for p in phrases], scores),
              "protocol": {"dataset": cfg.dataset, "checkpoint_step": r.step, "split": cfg.split,
                           "synthetic": False, "grounding_image_size": size}}
   out_dir = pathlib.Path(workdir) / "eval" / cfg.dataset / cfg.split
   if jax.process_index() == 0:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "phrases.jsonl", "w") as f:
-      for i, rec in enumerate(records):
-        f.write(json.dumps({
-            "study_id": features_lib.as_text(rec["study_id"]),
-            "image_path": features_lib.as_text(rec["image_path"]), "category": categories[i],
-            "phrase": features_lib.as_text(rec["phrase"]),
-            **{method: scores[method][i] for method in PHRASE_METHODS}}) + "\n")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    write_phrase_outputs(out_dir, phrases, scores, metrics)
   print(json.dumps({k: v for k, v in metrics.items() if k.startswith("phrase_grounding/all/")}),
         flush=True)
   print(f"phrase grounding: {out_dir / 'metrics.json'}", flush=True)
   return metrics
+
+
+def write_phrase_outputs(out_dir: pathlib.Path, phrases, scores, metrics) -> None:
+  """metrics.json, and phrases.jsonl: each phrase with its scores under every method."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  with open(out_dir / "phrases.jsonl", "w") as f:
+    for i, phrase in enumerate(phrases):
+      f.write(json.dumps({**phrase, **{m: scores[m][i] for m in PHRASE_METHODS}}) + "\n")
+  (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))

@@ -93,9 +93,38 @@ def study_id_of(image_path: str) -> str:
 
 # -------------------------------------------------------------------- the annotations
 
+IMAGE_KEYS = ("id", "path", "width", "height")
+ANNOTATION_KEYS = ("image_id", "category_id", "bbox", "label_text")
+
+
 def read_phrases(path: pathlib.Path) -> list[Phrase]:
   """The MS-CXR file as phrases, ordered by image id then first annotation; raises
-  ValueError naming the annotation for an unknown image or category id or a bad box."""
+  ValueError naming the entry for a missing field, an unknown image or category id, or a
+  box outside its image."""
+  data = _read_json(path)
+  categories = {c["id"]: c["name"] for c in data["categories"]}
+  images = {im["id"]: im for im in _entries(data, "images", IMAGE_KEYS, path)}
+  grouped = collections.defaultdict(list)
+  for ann in _entries(data, "annotations", ANNOTATION_KEYS, path):
+    where = f"ms_cxr: {path}: annotation {ann.get('id', '?')}"
+    image = images.get(ann["image_id"])
+    if image is None:
+      raise ValueError(f"{where} names image id {ann['image_id']!r}, which is not among "
+                       "the file's images")
+    if ann["category_id"] not in categories:
+      raise ValueError(f"{where} has unknown category id {ann['category_id']!r}; the "
+                       f"file's categories are {sorted(categories.items())}")
+    problem = box_problem(ann["bbox"], int(image["width"]), int(image["height"]))
+    if problem:
+      raise ValueError(f"{where} (image {image['path']}): {problem}")
+    key = (ann["image_id"], ann["category_id"], common.clean_text(ann["label_text"]))
+    grouped[key].append(ann["bbox"])
+  return [Phrase(images[i]["path"], int(images[i]["width"]), int(images[i]["height"]),
+                 categories[c], text, tuple(tuple(b) for b in boxes))
+          for (i, c, text), boxes in sorted(grouped.items(), key=lambda kv: kv[0][0])]
+
+
+def _read_json(path: pathlib.Path) -> dict:
   try:
     data = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:
@@ -104,26 +133,16 @@ def read_phrases(path: pathlib.Path) -> list[Phrase]:
   if missing:
     raise ValueError(f"ms_cxr: {path} lacks {', '.join(missing)}; expected the COCO-style "
                      "MS-CXR file with images, annotations and categories")
-  categories = {c["id"]: c["name"] for c in data["categories"]}
-  images = {im["id"]: im for im in data["images"]}
-  grouped = collections.defaultdict(list)
-  for ann in data["annotations"]:
-    where = f"ms_cxr: {path}: annotation {ann.get('id', '?')}"
-    image = images.get(ann.get("image_id"))
-    if image is None:
-      raise ValueError(f"{where} names image id {ann.get('image_id')!r}, which is not "
-                       "among the file's images")
-    if ann.get("category_id") not in categories:
-      raise ValueError(f"{where} has unknown category id {ann.get('category_id')!r}; the "
-                       f"file's categories are {sorted(categories.items())}")
-    problem = box_problem(ann.get("bbox"), int(image["width"]), int(image["height"]))
-    if problem:
-      raise ValueError(f"{where} (image {image['path']}): {problem}")
-    key = (ann["image_id"], ann["category_id"], common.clean_text(ann.get("label_text")))
-    grouped[key].append(ann["bbox"])
-  return [Phrase(images[i]["path"], int(images[i]["width"]), int(images[i]["height"]),
-                 categories[c], text, tuple(tuple(b) for b in boxes))
-          for (i, c, text), boxes in sorted(grouped.items(), key=lambda kv: kv[0][0])]
+  return data
+
+
+def _entries(data: dict, section: str, keys: tuple, path) -> list[dict]:
+  """data[section], each entry checked to have `keys`."""
+  for n, entry in enumerate(data[section]):
+    missing = [k for k in keys if k not in entry]
+    if missing:
+      raise ValueError(f"ms_cxr: {path}: {section}[{n}] lacks {', '.join(missing)}")
+  return data[section]
 
 
 def check_images(root: pathlib.Path, phrases: list[Phrase]) -> None:
