@@ -107,3 +107,27 @@ def downstream_features(num_classes: int):
       "image_id": f.Text(),
       "has_mask": f.Scalar(dtype=np.int8),
   })
+
+
+# ----------------------------------------------------------------------------------------
+# Phrase grounding sets (ms_cxr): one example per phrase with its boxes.
+#   image       grey PNG, short side `image_size` px (aspect kept), uint8 [H, W, 1]
+#   phrase      the report phrase (MS-CXR `label_text`)
+#   category    the phrase's finding (MS-CXR category name, e.g. 'Pleural Effusion')
+#   boxes       float32 [K, 4], (y0, x0, y1, x1) in [0, 1] of the image: every box drawn for
+#               the phrase (a phrase may name several regions, e.g. bilateral effusions)
+#   study_id    str: the MIMIC-CXR study (from the image path), else the image path
+#   image_path  str: the image's path as the annotation file gives it
+
+
+def phrase_grounding_features():
+  import tensorflow_datasets as tfds
+  f = tfds.features
+  return f.FeaturesDict({
+      "image": f.Image(shape=(None, None, 1), encoding_format="png"),
+      "phrase": f.Text(),
+      "category": f.Text(),
+      "boxes": f.Tensor(shape=(None, 4), dtype=np.float32),
+      "study_id": f.Text(),
+      "image_path": f.Text(),
+  })

@@ -175,6 +175,18 @@ def resize_grey(grey: np.ndarray, size: int) -> np.ndarray:
   return np.clip(np.asarray(out, np.float32), 0.0, 1.0)
 
 
+def resize_boxes(boxes, image_hw: Sequence[int], size: int) -> np.ndarray:
+  """Normalised (y0, x0, y1, x1) boxes of an image [H, W] -> the same boxes on
+  `resize_grey(image, size)`, normalised to the model input.
+
+  resize_grey stretches each axis to `size`, so normalised coordinates do not move; a
+  resize that kept the aspect and padded would shift and scale them here, from the
+  image's shape. Boxes scored against model-size maps go through this one function.
+  """
+  del image_hw, size  # a stretch keeps normalised coordinates whatever the shapes
+  return np.asarray(boxes, np.float32)
+
+
 def sample_affine(rng: np.random.Generator, degrees: float,
                   scale: Sequence[float]) -> tuple[float, float]:
   """(angle in degrees, scale), uniform as torchvision's RandomAffine draws them."""

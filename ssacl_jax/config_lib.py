@@ -153,6 +153,11 @@ def base_config() -> ml_collections.ConfigDict:
   e.num_report_card = 8        # studies shown (with heat maps) in report_card.html
   e.decode = dict(method="beam", num_beams=3, max_new_tokens=100, min_new_tokens=80,
                   repetition_penalty=2.0, length_penalty=2.0, top_p=0.9, temperature=1.0)
+  # A phrase grounding set to score instead of the report metrics (builders.PHRASE_GROUNDING,
+  # e.g. 'ms_cxr'; '' scores data.dataset), its builder options and its files.
+  e.dataset = ""
+  e.builder = ml_collections.ConfigDict(dict(annotations=""))  # ms_cxr: the MS-CXR JSON
+  e.manual_dir = ""            # '' = data.manual_dir (ms_cxr: the MIMIC-CXR-JPG root)
 
   c.head = h = ml_collections.ConfigDict()   # the pathology head stage (--mode head)
   h.steps = 500
@@ -195,8 +200,18 @@ def validate(config) -> None:
     problems.append(f"task {config.task!r} must be 'ssacl' or 'finetune'")
   if config.get("task") == "finetune":
     problems += _finetune_problems(config)
+  problems += _eval_dataset_problems(config)
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _eval_dataset_problems(config) -> list[str]:
+  from input_pipeline import builders
+  dataset = config.get("eval", {}).get("dataset", "")
+  if dataset in ("", config.data.dataset) or dataset in builders.PHRASE_GROUNDING:
+    return []
+  return [f"eval.dataset {dataset!r} must be '' (score data.dataset) or a phrase grounding "
+          f"set ({', '.join(builders.PHRASE_GROUNDING)})"]
 
 
 def _finetune_problems(config) -> list[str]:

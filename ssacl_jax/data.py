@@ -30,10 +30,14 @@ def builder_options(config) -> dict:
 
 def load_source(config, split: str):
   d = config.data
-  build_it = lambda: build.build_dataset(d.dataset, d.data_dir, d.manual_dir or None,
-                                         **builder_options(config))
-  _on_process_zero_then_sync(build_it, f"build {d.dataset}")
-  return build.load_split(d.dataset, d.data_dir, split, **builder_options(config))
+  return load_dataset_split(d.dataset, d.data_dir, d.manual_dir, builder_options(config), split)
+
+
+def load_dataset_split(dataset: str, data_dir: str, manual_dir: str, options: dict, split: str):
+  """One split of `dataset`, built first when it is not (process 0, then a barrier)."""
+  build_it = lambda: build.build_dataset(dataset, data_dir, manual_dir or None, **options)
+  _on_process_zero_then_sync(build_it, f"build {dataset}")
+  return build.load_split(dataset, data_dir, split, **options)
 
 
 WORKDIR_TOKENIZERS = "tokenizers"

@@ -8,6 +8,9 @@ Writes WORKDIR/eval/<split>/:
                      retrieval, and the trivial baselines of the same evaluators
   heatmaps/*.png     per-region overlays for a sample of studies
   report_card.html   the sample side by side, metrics on top
+
+With eval.dataset a phrase grounding set (ms_cxr), `phrase_grounding` scores only that, into
+WORKDIR/eval/<dataset>/<split>/ (metrics.json, phrases.jsonl).
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from input_pipeline import features as features_lib, labeler as labeler_lib
+from input_pipeline import (builders, features as features_lib, labeler as labeler_lib, pipeline,
+                            transforms)
 from ssacl_jax import anatomy, generate, inference, pathology_head
 from ssacl_jax.evaluation import (classification, clinical, grounding, language, report_card,
                                   retrieval, zero_shot)
@@ -218,6 +222,8 @@ def write_outputs(out_dir: pathlib.Path, res, metrics, grid: int, cfg) -> None:
 
 def evaluate(config, workdir) -> dict:
   cfg = config.eval
+  if cfg.get("dataset") in builders.PHRASE_GROUNDING:
+    return phrase_grounding(config, workdir)
   r = inference.restore(config, workdir, step=cfg.checkpoint_step)
   head = None
   if cfg.pathology_source == HEAD:
@@ -252,3 +258,99 @@ def evaluate(config, workdir) -> dict:
   print(json.dumps(summary, default=float), flush=True)
   print(f"report card: {out_dir / 'report_card.html'}", flush=True)
   return metrics
+
+
+# ----------------------------------------------------------------------------- phrase grounding
+# eval.dataset names a phrase grounding set (ms_cxr): each phrase is scored against its
+# boxes by two maps: the phrase encoded as a query (ours, SPEC 5) and the class token's
+# attention (the release's phrase-grounding script, which ignores the phrase).
+PHRASE_METHODS = ("ours", "cls_attention")
+PHRASE_FIELDS = ("study_id", "image_path", "category", "phrase")  # kept in phrases.jsonl
+
+
+def _phrase_and_cls_maps(model, images, phrase_ids, phrase_mask):
+  """[B, 2, N]: each image's map for its own phrase as the query, then its CLS map."""
+  return model.query_attention(images, model.phrase_queries(phrase_ids, phrase_mask)[:, None])
+
+
+class _PhraseExample:
+  """Local position -> one phrase's model input and its box mask at the model's size
+  (a padding row, valid False, past this process's records)."""
+
+  def __init__(self, source, indices: range, opts, text_tok):
+    self.source, self.indices, self.opts, self.text_tok = source, indices, opts, text_tok
+
+  def __call__(self, position: int) -> dict:
+    s = self.opts.image_size
+    if position >= len(self.indices):
+      return {"image": np.zeros((s, s, self.opts.channels), np.float32),
+              **transforms.text_sequence("", self.text_tok, self.opts.text_len),
+              "box_mask": np.zeros((s, s), bool), "index": np.int32(-1), "valid": np.bool_(False)}
+    index = self.indices[position]
+    record = self.source[index]
+    grey = transforms.load_grey(record["image"])
+    boxes = transforms.resize_boxes(record["boxes"], grey.shape, s)
+    # Lower-cased like every text the text encoder reads (transforms.contrastive_text).
+    phrase = transforms.contrastive_text(features_lib.as_text(record["phrase"]), None)
+    return {"image": transforms.normalise(transforms.resize_grey(grey, s), self.opts.channels),
+            **transforms.text_sequence(phrase, self.text_tok, self.opts.text_len),
+            "box_mask": grounding.boxes_to_mask(boxes, (s, s)), "index": np.int32(index),
+            "valid": np.bool_(True)}
+
+
+def collect_phrase_maps(r: inference.Restored, source, batch_size: int) -> dict:
+  """{'maps' [n, 2, N] (PHRASE_METHODS order), 'box_mask' [n, S, S]} in source order."""
+  opts = pipeline.DataOptions.from_config(r.config)
+  p, count = jax.process_index(), jax.process_count()
+  examples = _PhraseExample(source, range(p, len(source), count), opts, r.tokenizers.text)
+  maps_fn = inference.jit_method(r, _phrase_and_cls_maps)
+  chunks = []
+  for local in pipeline.ordered_stream(len(source), examples, batch_size // count, count, opts):
+    batch = pipeline.make_global_batch({k: local[k] for k in ("image", "text_ids", "text_mask")},
+                                       r.mesh, r.batch_sharding.spec)
+    maps = maps_fn(batch["image"], batch["text_ids"], batch["text_mask"])
+    chunks.append({"maps": inference.gather(maps),
+                   **inference.gather({k: local[k] for k in ("box_mask", "index", "valid")})})
+  res = inference.concat(chunks)
+  order = np.argsort(np.where(res["valid"], res["index"], len(source)), kind="stable")
+  order = order[:int(res["valid"].sum())]
+  return {"maps": res["maps"][order], "box_mask": res["box_mask"][order]}
+
+
+def phrase_grounding(config, workdir) -> dict:
+  """Scores phrase grounding on eval.dataset; writes metrics.json and phrases.jsonl to
+  WORKDIR/eval/<dataset>/<split>/."""
+  from ssacl_jax import data as data_lib
+  cfg, d = config.eval, config.data
+  r = inference.restore(config, workdir, step=cfg.checkpoint_step)
+  source = data_lib.load_dataset_split(cfg.dataset, d.data_dir, cfg.manual_dir or d.manual_dir,
+                                       dict(cfg.builder), cfg.split)
+  if cfg.max_examples:
+    source = data_lib._Head(source, cfg.max_examples)
+  res = collect_phrase_maps(r, source, cfg.batch_size)
+  grid, size = config.model.image_size // config.model.patch, config.model.image_size
+  scores = {method: [grounding.map_scores(grid_maps(m, grid), mask, (size, size))
+                     for m, mask in zip(res["maps"][:, row], res["box_mask"])]
+            for row, method in enumerate(PHRASE_METHODS)}
+  phrases = [{k: features_lib.as_text(source[i][k]) for k in PHRASE_FIELDS}
+             for i in range(len(source))]
+  metrics = {"step": r.step, "split": cfg.split, "examples": len(phrases),
+             **grounding.phrase_grounding_metrics([p["category"] for p in phrases], scores),
+             "protocol": {"dataset": cfg.dataset, "checkpoint_step": r.step, "split": cfg.split,
+                          "synthetic": False, "grounding_image_size": size}}
+  out_dir = pathlib.Path(workdir) / "eval" / cfg.dataset / cfg.split
+  if jax.process_index() == 0:
+    write_phrase_outputs(out_dir, phrases, scores, metrics)
+  print(json.dumps({k: v for k, v in metrics.items() if k.startswith("phrase_grounding/all/")}),
+        flush=True)
+  print(f"phrase grounding: {out_dir / 'metrics.json'}", flush=True)
+  return metrics
+
+
+def write_phrase_outputs(out_dir: pathlib.Path, phrases, scores, metrics) -> None:
+  """metrics.json, and phrases.jsonl: each phrase with its scores under every method."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  with open(out_dir / "phrases.jsonl", "w") as f:
+    for i, phrase in enumerate(phrases):
+      f.write(json.dumps({**phrase, **{m: scores[m][i] for m in PHRASE_METHODS}}) + "\n")
+  (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))

@@ -8,6 +8,9 @@ schema of `input_pipeline.features` in ArrayRecord files; none downloads anythin
   iu_xray        IU X-Ray: Open-i reports archive + PNGs, or annotation.json + images/
   release_csv    the release's split CSVs + image folder
 
+Phrase grounding sets write `features.phrase_grounding_features` (scored only):
+  ms_cxr         MS-CXR phrases and boxes over MIMIC-CXR-JPG images
+
 Downstream (fine-tuning) sets write the schema of `features.downstream_features`:
   nih_cxr14          NIH ChestX-ray14: 14 findings, PNG folders + split lists
   rsna_pneumonia     RSNA Pneumonia (stage 2): binary, DICOM + split lists
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from input_pipeline.builders.iu_xray import IuXray
 from input_pipeline.builders.mimic_cxr import MimicCxr
+from input_pipeline.builders.ms_cxr import MsCxr
 from input_pipeline.builders.nih_cxr14 import NihCxr14
 from input_pipeline.builders.release_csv import ReleaseCsv
 from input_pipeline.builders.rsna_pneumonia import RsnaPneumonia
@@ -26,9 +30,12 @@ from input_pipeline.builders.synthetic_cxr import SyntheticCxr
 from input_pipeline.builders.synthetic_finetune import SyntheticFinetune
 
 BUILDERS = {cls.name: cls for cls in (SyntheticCxr, MimicCxr, IuXray, ReleaseCsv, NihCxr14,
-                                      RsnaPneumonia, SiimAcr, SyntheticFinetune)}
+                                      RsnaPneumonia, SiimAcr, SyntheticFinetune, MsCxr)}
 # The fine-tuning sets (features.downstream_features); each has CLASS_NAMES.
 DOWNSTREAM = ("nih_cxr14", "rsna_pneumonia", "siim_acr", "synthetic_finetune")
+# The phrase grounding sets (features.phrase_grounding_features), scored by --mode eval
+# with config.eval.dataset.
+PHRASE_GROUNDING = ("ms_cxr",)
 
 
 def get_builder_class(name: str):

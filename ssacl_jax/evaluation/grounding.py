@@ -181,3 +181,53 @@ def _nanmean(values: list[float]) -> float:
   a = np.asarray(values, np.float64)
   a = a[~np.isnan(a)]
   return float(a.mean()) if a.size else float("nan")
+
+
+# ----------------------------------------------------------------------------------------
+# Phrase grounding (MS-CXR): a phrase may name several boxes; means per finding category.
+
+OVERALL = "all"
+
+
+def boxes_to_mask(boxes, hw: Sequence[int]) -> np.ndarray:
+  """bool [H, W]: the union of `box_to_mask` over normalised boxes [K, 4]."""
+  mask = np.zeros(tuple(hw), bool)
+  for box in np.asarray(boxes, np.float64).reshape(-1, 4):
+    mask |= box_to_mask(box, hw)
+  return mask
+
+
+def map_scores(patch_map, mask, image_hw: Sequence[int],
+               sigma_patches: float = 1.5) -> dict[str, float]:
+  """CNR, mIoU and pointing game of one patch-grid map against a box mask [H, W], the
+  map smoothed and resized as `grounding_scores` does for each of its pairs."""
+  heat = smooth_and_resize(patch_map, image_hw, sigma_patches)
+  return {"cnr": cnr(heat, mask), "miou": miou(heat, mask),
+          "pointing_game": pointing_game(heat, mask)}
+
+
+def category_key(name: str) -> str:
+  """'Pleural Effusion' -> 'pleural_effusion' (a metrics key part)."""
+  return "_".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
+
+
+def phrase_grounding_metrics(categories: Sequence[str],
+                             scores: dict[str, Sequence[dict]]) -> dict[str, float]:
+  """Per-phrase scores -> 'phrase_grounding/<category>/<method>/<metric>' means.
+
+  categories: [n] each phrase's finding; scores: method -> [n] `map_scores` dicts. Means
+  are per category and over all phrases (category 'all', each phrase counted once);
+  CNR skips phrases where it is undefined; '.../count' is the number of phrases.
+  """
+  groups = {OVERALL: np.ones(len(categories), bool)}
+  for name in sorted(set(categories)):
+    groups[category_key(name)] = np.array([c == name for c in categories])
+  out = {}
+  for group, selected in groups.items():
+    for method, rows in scores.items():
+      rows = [r for r, keep in zip(rows, selected) if keep]
+      prefix = f"phrase_grounding/{group}/{method}"
+      out[f"{prefix}/count"] = float(len(rows))
+      for metric in ("cnr", "miou", "pointing_game"):
+        out[f"{prefix}/{metric}"] = _nanmean([r[metric] for r in rows])
+  return out
