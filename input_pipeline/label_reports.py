@@ -1,10 +1,13 @@
 """Label a CSV of reports like the Stanford chexpert-labeler's label.py.
 
   python -m input_pipeline.label_reports --reports IN.csv --output OUT.csv
+  python -m input_pipeline.label_reports --labeler chexbert \
+      --chexbert_checkpoint chexbert.pth --vocab vocab.txt --reports IN.csv --output OUT.csv
 
 IN.csv: one column, no header, one report per row (quote reports holding commas or
 line breaks). OUT.csv: `Reports,No Finding,...,Support Devices`, the report as read and
-each observation as 1.0 / 0.0 / -1.0, blank when not mentioned, as the original writes.
+each observation as 1.0 / 0.0 / -1.0, blank when not mentioned, as the original writes
+(CheXbert's label.py writes the same cells).
 """
 from __future__ import annotations
 
@@ -27,7 +30,10 @@ def define_flags() -> None:
   """Flags exist only when run as a program, so importing this never clashes."""
   flags.DEFINE_string("reports", None, "Headerless one-column CSV of reports.")
   flags.DEFINE_string("output", None, "Where to write the labelled CSV.")
+  flags.DEFINE_enum("labeler", labeler_lib.RULES, labeler_lib.LABELERS, "Which labeler.")
   flags.DEFINE_string("rules_dir", None, "Rule directory (default: packaged chexpert_rules).")
+  flags.DEFINE_string("chexbert_checkpoint", "", "The user's CheXbert chexbert.pth.")
+  flags.DEFINE_string("vocab", "", "bert-base-uncased vocab.txt (for --labeler chexbert).")
   flags.mark_flags_as_required(["reports", "output"])
 
 
@@ -54,11 +60,12 @@ def write_rows(path: str | pathlib.Path, rows: Iterable[Sequence[str]]) -> None:
 
 
 def label_file(reports_path: str | pathlib.Path, output_path: str | pathlib.Path,
-               rules_dir: str | None = None) -> np.ndarray:
-  """Label every report of `reports_path` into `output_path`; returns int8 [n, 14]."""
-  lab = labeler_lib.Labeler(rules_dir) if rules_dir else labeler_lib.default_labeler()
+               labeler=None) -> np.ndarray:
+  """Label every report of `reports_path` into `output_path` with `labeler`
+  (labeler_lib.make_labeler's; None: the packaged rules); returns int8 [n, 14]."""
+  labeler = labeler or labeler_lib.default_labeler()
   reports = read_reports(reports_path)
-  labels = lab.label_many(reports)
+  labels = labeler.label_many(reports)
   write_rows(output_path, format_rows(reports, labels))
   return labels
 
@@ -67,7 +74,10 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   fl = flags.FLAGS
-  labels = label_file(fl.reports, fl.output, fl.rules_dir)
+  labeler = labeler_lib.make_labeler(fl.labeler, rules_dir=fl.rules_dir,
+                                     chexbert_checkpoint=fl.chexbert_checkpoint,
+                                     chexbert_vocab=fl.vocab)
+  labels = label_file(fl.reports, fl.output, labeler)
   print(f"labelled {len(labels)} reports -> {fl.output}")
 
 
