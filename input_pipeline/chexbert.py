@@ -18,8 +18,8 @@ lower-case, strip accents, split punctuation; then WordPiece); [CLS] ... [SEP] c
 ids keeping the final [SEP]; an empty report becomes [CLS] [SEP].
 
 Labelling: identical reports are labelled once; the rest are sorted by length and cut
-into batches of `batch_size` rows, each padded to a power-of-two length bucket (so short
-reports do not pay for 512 positions and at most log2(512) shapes compile). The forward
+into batches of `batch_size` rows, each padded to a length bucket (16, 24, 32, 48, ...:
+short reports do not pay for 512 positions, and few shapes compile). The forward
 pass is jitted with the batch sharded over the mesh and the weights replicated. Labels
 come out like the rule labeler's (input_pipeline.labeler): int8 [n, 14] in
 anatomy.PATHOLOGIES order, 1 positive, 0 negative, -1 uncertain, -2 not mentioned, which
@@ -274,8 +274,13 @@ def labels_from_classes(classes: np.ndarray) -> np.ndarray:
 # -------------------------------------------------------------------------------- labeling
 
 def bucket_length(n: int, max_len: int) -> int:
-  """The padded length of a batch whose longest report has n ids: a power of two."""
-  return min(max(MIN_BUCKET, 1 << (n - 1).bit_length()), max_len)
+  """The padded length of a batch whose longest report has n ids: the next of 16, 24, 32,
+  48, 64, 96, ... (powers of two and the midpoints: at most a third is padding, and at
+  most 11 shapes compile up to 512), capped at max_len."""
+  bucket = MIN_BUCKET
+  while bucket < n:
+    bucket = bucket * 3 // 2 if bucket & (bucket - 1) == 0 else bucket * 4 // 3
+  return min(bucket, max_len)
 
 
 def default_batch_sharding() -> NamedSharding:
@@ -295,6 +300,15 @@ def _put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """A global array from a value every process holds (works on one host or many)."""
   x = np.asarray(x)
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+@functools.cache
+def _jitted_forward(arch: Architecture, batch: NamedSharding):
+  """One jitted forward per architecture and mesh, so every labeler reuses its compiles."""
+  model = Chexbert(arch)
+  replicated = NamedSharding(batch.mesh, P())
+  return jax.jit(lambda params, ids, mask: model.apply({"params": params}, ids, mask),
+                 in_shardings=(replicated, batch, batch), out_shardings=replicated)
 
 
 class ChexbertLabeler:
@@ -317,10 +331,7 @@ class ChexbertLabeler:
     self._batch = NamedSharding(sharding.mesh, P(*sharding.spec[:1]))
     replicated = NamedSharding(sharding.mesh, P())
     self._params = jax.tree.map(lambda x: _put(np.asarray(x, np.float32), replicated), params)
-    model = Chexbert(arch)
-    self._forward = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask),
-                            in_shardings=(replicated, self._batch, self._batch),
-                            out_shardings=replicated)
+    self._forward = _jitted_forward(arch, self._batch)
 
   @classmethod
   def from_files(cls, checkpoint: str | pathlib.Path, vocab: str | pathlib.Path,

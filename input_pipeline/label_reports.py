@@ -26,15 +26,19 @@ _CELL = {labeler_lib.POSITIVE: "1.0", labeler_lib.NEGATIVE: "0.0",
          labeler_lib.UNCERTAIN: "-1.0", labeler_lib.NOT_MENTIONED: ""}
 
 
-def define_flags() -> None:
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Flags exist only when run as a program, so importing this never clashes."""
-  flags.DEFINE_string("reports", None, "Headerless one-column CSV of reports.")
-  flags.DEFINE_string("output", None, "Where to write the labelled CSV.")
-  flags.DEFINE_enum("labeler", labeler_lib.RULES, labeler_lib.LABELERS, "Which labeler.")
-  flags.DEFINE_string("rules_dir", None, "Rule directory (default: packaged chexpert_rules).")
-  flags.DEFINE_string("chexbert_checkpoint", "", "The user's CheXbert chexbert.pth.")
-  flags.DEFINE_string("vocab", "", "bert-base-uncased vocab.txt (for --labeler chexbert).")
-  flags.mark_flags_as_required(["reports", "output"])
+  flags.DEFINE_string("reports", None, "Headerless one-column CSV of reports.", flag_values=fv)
+  flags.DEFINE_string("output", None, "Where to write the labelled CSV.", flag_values=fv)
+  flags.DEFINE_enum("labeler", labeler_lib.RULES, labeler_lib.LABELERS, "Which labeler.",
+                    flag_values=fv)
+  flags.DEFINE_string("rules_dir", None, "Rule directory (default: packaged chexpert_rules).",
+                      flag_values=fv)
+  flags.DEFINE_string("chexbert_checkpoint", "", "The user's CheXbert chexbert.pth.",
+                      flag_values=fv)
+  flags.DEFINE_string("vocab", "", "bert-base-uncased vocab.txt (for --labeler chexbert).",
+                      flag_values=fv)
+  flags.mark_flags_as_required(["reports", "output"], flag_values=fv)
 
 
 def read_reports(path: str | pathlib.Path) -> list[str]:
@@ -70,15 +74,20 @@ def label_file(reports_path: str | pathlib.Path, output_path: str | pathlib.Path
   return labels
 
 
+def run(fv: flags.FlagValues) -> np.ndarray:
+  """What the program does with its parsed flags."""
+  labeler = labeler_lib.make_labeler(fv.labeler, rules_dir=fv.rules_dir,
+                                     chexbert_checkpoint=fv.chexbert_checkpoint,
+                                     chexbert_vocab=fv.vocab)
+  labels = label_file(fv.reports, fv.output, labeler)
+  print(f"labelled {len(labels)} reports with {labeler.name} -> {fv.output}")
+  return labels
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  fl = flags.FLAGS
-  labeler = labeler_lib.make_labeler(fl.labeler, rules_dir=fl.rules_dir,
-                                     chexbert_checkpoint=fl.chexbert_checkpoint,
-                                     chexbert_vocab=fl.vocab)
-  labels = label_file(fl.reports, fl.output, labeler)
-  print(f"labelled {len(labels)} reports -> {fl.output}")
+  run(flags.FLAGS)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,15 @@ The torch parts need the `convert` extra (torch, transformers) and skip without 
 """
 from __future__ import annotations
 
+import csv
 import importlib.util
 import pathlib
-import subprocess
 import sys
 import tarfile
 
 import numpy as np
 import pytest
+from absl import flags
 
 from input_pipeline import chexbert
 from input_pipeline import label_reports
@@ -100,11 +101,24 @@ def chexbert_reference_ids(hf_tok, report: str) -> list[int]:
   return ids[:511] + [hf_tok.sep_token_id] if len(ids) > 512 else ids
 
 
-def torch_logits(bert, heads, ids: list[int]) -> np.ndarray:
-  torch, _ = _torch()
-  with torch.no_grad():
-    cls = bert(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)))[0][:, 0]
-    return torch.cat([h(cls) for h in heads], dim=1)[0].numpy()
+@pytest.fixture(scope="module")
+def reference_logits(reports, vocab, torch_model):
+  """[n, 54]: each report alone (unpadded) through BertModel and the heads, one thread."""
+  torch, transformers = _torch()
+  bert, heads, _ = torch_model
+  hf = transformers.BertTokenizer(str(vocab), do_lower_case=True)
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)  # the CPU is shared; torch's thread pool only contends
+  try:
+    with torch.no_grad():
+      out = []
+      for report in reports:
+        ids = torch.tensor([chexbert_reference_ids(hf, report)])
+        cls = bert(ids, attention_mask=torch.ones_like(ids))[0][:, 0]
+        out.append(torch.cat([h(cls) for h in heads], dim=1)[0].numpy())
+  finally:
+    torch.set_num_threads(threads)
+  return np.stack(out)
 
 
 # ------------------------------------------------------------------------- preprocessing
@@ -127,15 +141,16 @@ def test_token_ids_are_chexbert_preprocessing(reports, vocab):
 
 # ------------------------------------------------------------------------- torch parity
 
-def test_logits_and_labels_match_torch_reference(reports, vocab, torch_model):
-  _, transformers = _torch()
-  bert, heads, path = torch_model
-  hf = transformers.BertTokenizer(str(vocab), do_lower_case=True)
-  want = np.stack([torch_logits(bert, heads, chexbert_reference_ids(hf, r)) for r in reports])
+def test_logits_and_labels_match_torch_reference(reports, vocab, torch_model,
+                                                  reference_logits):
+  _, _, path = torch_model
+  want = reference_logits
   labeler = labeler_lib.make_labeler("chexbert", chexbert_checkpoint=str(path),
                                      chexbert_vocab=str(vocab), batch_size=4)
   assert labeler.batch_size == 8  # rounded up to the 8 devices the batch is split over
-  got = labeler.logits(reports)
+  assert [chexbert.bucket_length(n, 512) for n in (2, 17, 33, 47, 49, 300, 511)] == [
+      16, 24, 48, 48, 64, 384, 512]
+  got = labeler.logits(reports)  # two batches, padded to two length buckets
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
   # Labels: argmax per head (No Finding's head has 2 classes), CheXbert's class codes.
   bounds = np.cumsum([0] + [4] * 13 + [2])
@@ -150,18 +165,22 @@ def test_logits_and_labels_match_torch_reference(reports, vocab, torch_model):
   assert set(labels[:, anatomy.PATHOLOGY_INDEX["No Finding"]].tolist()) <= {1, -2}
 
 
-def test_label_reports_cli_with_chexbert(reports, vocab, torch_model, tmp_path):
+def test_label_reports_program_with_chexbert(reports, vocab, torch_model, reference_logits,
+                                             tmp_path):
+  """`python -m input_pipeline.label_reports --labeler chexbert ...`, in process."""
   _, _, path = torch_model
-  src = tmp_path / "reports.csv"
+  src, out = tmp_path / "reports.csv", tmp_path / "labeled.csv"
   label_reports.write_rows(src, [[r] for r in reports[:4]])
-  out = tmp_path / "labeled.csv"
-  subprocess.run([sys.executable, "-m", "input_pipeline.label_reports", "--labeler",
-                  "chexbert", "--chexbert_checkpoint", str(path), "--vocab", str(vocab),
-                  "--reports", str(src), "--output", str(out)],
-                 cwd=REPO, check=True, capture_output=True, timeout=300)
-  labeler = chexbert.ChexbertLabeler.from_files(path, vocab)
-  want = label_reports.format_rows(reports[:4], labeler.label_many(reports[:4]))
-  assert label_reports.read_reports(out) == [",".join(row) for row in want]
+  fv = flags.FlagValues()
+  label_reports.define_flags(fv)
+  fv(["label_reports", "--labeler", "chexbert", "--chexbert_checkpoint", str(path),
+      "--vocab", str(vocab), "--reports", str(src), "--output", str(out)])
+  labels = label_reports.run(fv)
+  want = chexbert.labels_from_classes(chexbert.classes_from_logits(reference_logits[:4]))
+  assert labels.tolist() == want.tolist()
+  rows = label_reports.format_rows(reports[:4], want)
+  with open(out, newline="", encoding="utf-8") as f:
+    assert list(csv.reader(f)) == rows
 
 
 # -------------------------------------------------------------------------------- errors
@@ -208,6 +227,24 @@ def test_class_codes_follow_chexbert_label_py():
   want = {name: -2 for name in anatomy.PATHOLOGIES}
   want.update({"Cardiomegaly": 1, "Edema": -1, "Pleural Effusion": 0, "No Finding": 1})
   assert labels.tolist() == [want[name] for name in anatomy.PATHOLOGIES]
+
+
+def test_eval_config_turns_chexbert_on(vocab, torch_model):
+  """--config.eval.labeler=chexbert plus the two paths: evaluate's labeler, its batch split
+  over the eval mesh's batch axes (here 'data' of a data x model mesh)."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  from ssacl_jax import evaluate
+  config = config_lib.base_config()
+  config.eval.labeler = "chexbert"
+  config.eval.chexbert_checkpoint, config.eval.chexbert_vocab = str(torch_model[2]), str(vocab)
+  config.eval.chexbert_batch_size = 6
+  config_lib.validate(config)
+  mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  labeler = evaluate.make_labeler(config.eval, NamedSharding(mesh, P("data")))
+  assert labeler.name == "chexbert" and labeler.batch_size == 8
+  assert evaluate.make_labeler(config_lib.base_config().eval, None).name == "rules"
 
 
 def test_config_names_the_labeler_problems():
