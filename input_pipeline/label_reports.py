@@ -1,10 +1,13 @@
 """Label a CSV of reports like the Stanford chexpert-labeler's label.py.
 
   python -m input_pipeline.label_reports --reports IN.csv --output OUT.csv
+  python -m input_pipeline.label_reports --labeler chexbert \
+      --chexbert_checkpoint chexbert.pth --vocab vocab.txt --reports IN.csv --output OUT.csv
 
 IN.csv: one column, no header, one report per row (quote reports holding commas or
 line breaks). OUT.csv: `Reports,No Finding,...,Support Devices`, the report as read and
-each observation as 1.0 / 0.0 / -1.0, blank when not mentioned, as the original writes.
+each observation as 1.0 / 0.0 / -1.0, blank when not mentioned, as the original writes
+(CheXbert's label.py writes the same cells).
 """
 from __future__ import annotations
 
@@ -23,12 +26,19 @@ _CELL = {labeler_lib.POSITIVE: "1.0", labeler_lib.NEGATIVE: "0.0",
          labeler_lib.UNCERTAIN: "-1.0", labeler_lib.NOT_MENTIONED: ""}
 
 
-def define_flags() -> None:
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Flags exist only when run as a program, so importing this never clashes."""
-  flags.DEFINE_string("reports", None, "Headerless one-column CSV of reports.")
-  flags.DEFINE_string("output", None, "Where to write the labelled CSV.")
-  flags.DEFINE_string("rules_dir", None, "Rule directory (default: packaged chexpert_rules).")
-  flags.mark_flags_as_required(["reports", "output"])
+  flags.DEFINE_string("reports", None, "Headerless one-column CSV of reports.", flag_values=fv)
+  flags.DEFINE_string("output", None, "Where to write the labelled CSV.", flag_values=fv)
+  flags.DEFINE_enum("labeler", labeler_lib.RULES, labeler_lib.LABELERS, "Which labeler.",
+                    flag_values=fv)
+  flags.DEFINE_string("rules_dir", None, "Rule directory (default: packaged chexpert_rules).",
+                      flag_values=fv)
+  flags.DEFINE_string("chexbert_checkpoint", "", "The user's CheXbert chexbert.pth.",
+                      flag_values=fv)
+  flags.DEFINE_string("vocab", "", "bert-base-uncased vocab.txt (for --labeler chexbert).",
+                      flag_values=fv)
+  flags.mark_flags_as_required(["reports", "output"], flag_values=fv)
 
 
 def read_reports(path: str | pathlib.Path) -> list[str]:
@@ -54,21 +64,30 @@ def write_rows(path: str | pathlib.Path, rows: Iterable[Sequence[str]]) -> None:
 
 
 def label_file(reports_path: str | pathlib.Path, output_path: str | pathlib.Path,
-               rules_dir: str | None = None) -> np.ndarray:
-  """Label every report of `reports_path` into `output_path`; returns int8 [n, 14]."""
-  lab = labeler_lib.Labeler(rules_dir) if rules_dir else labeler_lib.default_labeler()
+               labeler=None) -> np.ndarray:
+  """Label every report of `reports_path` into `output_path` with `labeler`
+  (labeler_lib.make_labeler's; None: the packaged rules); returns int8 [n, 14]."""
+  labeler = labeler or labeler_lib.default_labeler()
   reports = read_reports(reports_path)
-  labels = lab.label_many(reports)
+  labels = labeler.label_many(reports)
   write_rows(output_path, format_rows(reports, labels))
+  return labels
+
+
+def run(fv: flags.FlagValues) -> np.ndarray:
+  """What the program does with its parsed flags."""
+  labeler = labeler_lib.make_labeler(fv.labeler, rules_dir=fv.rules_dir,
+                                     chexbert_checkpoint=fv.chexbert_checkpoint,
+                                     chexbert_vocab=fv.vocab)
+  labels = label_file(fv.reports, fv.output, labeler)
+  print(f"labelled {len(labels)} reports with {labeler.name} -> {fv.output}")
   return labels
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  fl = flags.FLAGS
-  labels = label_file(fl.reports, fl.output, fl.rules_dir)
-  print(f"labelled {len(labels)} reports -> {fl.output}")
+  run(flags.FLAGS)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,11 @@ from ssacl_jax import anatomy
 
 POSITIVE, NEGATIVE, UNCERTAIN, NOT_MENTIONED = 1, 0, -1, -2
 
+# The labelers (config.eval.labeler, label_reports --labeler); each one's `name` is one of
+# these, and metrics.json's protocol records it.
+RULES, CHEXBERT = "rules", "chexbert"
+LABELERS = (RULES, CHEXBERT)
+
 DEFAULT_RULES_DIR = pathlib.Path(__file__).resolve().parent / "chexpert_rules"
 
 NO_FINDING = "No Finding"
@@ -448,6 +453,8 @@ def aggregate(labelled: Iterable[tuple[str, str, int]]) -> np.ndarray:
 class Labeler:
   """CheXpert-style labeler over the rule files in `rules_dir` (default: package data)."""
 
+  name = RULES
+
   def __init__(self, rules_dir: str | pathlib.Path | None = None):
     self.rules_dir = pathlib.Path(rules_dir) if rules_dir else DEFAULT_RULES_DIR
     mention_phrases = load_phrases(self.rules_dir / "phrases" / "mention")
@@ -484,3 +491,21 @@ class Labeler:
 def default_labeler() -> Labeler:
   """One shared labeler over the packaged rules (loading compiles ~200 regexes)."""
   return Labeler()
+
+
+def make_labeler(kind: str = RULES, *, rules_dir: str | None = None,
+                 chexbert_checkpoint: str = "", chexbert_vocab: str = "", **chexbert_options):
+  """The labeler named `kind`: the rule labeler, or CheXbert on the user's files
+  (`chexbert_options`: ChexbertLabeler's batch_size, batch_sharding)."""
+  if kind == RULES:
+    return Labeler(rules_dir) if rules_dir else default_labeler()
+  if kind != CHEXBERT:
+    raise ValueError(f"unknown labeler {kind!r}; choose one of {', '.join(LABELERS)}")
+  if not chexbert_checkpoint or not chexbert_vocab:
+    raise ValueError("the chexbert labeler needs the user's CheXbert weights and its "
+                     "vocabulary: set the chexbert.pth and the bert-base-uncased vocab.txt "
+                     "paths (config.eval.chexbert_checkpoint / chexbert_vocab, or "
+                     "--chexbert_checkpoint / --vocab)")
+  from input_pipeline import chexbert  # jax and the model only when asked for
+  return chexbert.ChexbertLabeler.from_files(chexbert_checkpoint, chexbert_vocab,
+                                             **chexbert_options)

@@ -27,7 +27,8 @@ The SS-ACL release's text encoder instead uses a BERT WordPiece vocabulary store
 Hugging Face `tokenizers` JSON file (`WordPieceTokenizer`, also implemented here without
 that package: BERT normalisation and pre-tokenisation, greedy longest-match-first
 WordPiece). Its BERT sees `[CLS] text [SEP]`, so it sets `appends_eos` and `encode_text`
-then ends the sequence with `[SEP]`.
+then ends the sequence with `[SEP]`. The same class reads a plain BERT `vocab.txt` (the
+CheXbert labeler's bert-base-uncased vocabulary).
 """
 from __future__ import annotations
 
@@ -581,16 +582,21 @@ def _split_added(text: str, tokens: Sequence[_AddedToken]) -> list[tuple[str, in
   return out
 
 
-def _hf_model_type(path) -> str | None:
-  """model.type of a Hugging Face `tokenizers` JSON file (inferred when absent)."""
+def _hf_spec(path) -> dict:
+  """A Hugging Face `tokenizers` JSON file, checked to hold a 'model' object."""
   try:
     with open(path, encoding="utf-8") as f:
       spec = json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f"{path}: not a Hugging Face tokenizer JSON file ({e})") from e
-  model = spec.get("model") if isinstance(spec, dict) else None
-  if not isinstance(model, dict):
+  if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
     raise ValueError(f"{path}: not a Hugging Face tokenizer JSON file (no 'model' object)")
+  return spec
+
+
+def _spec_model_type(spec: dict) -> str | None:
+  """model.type of a `tokenizers` spec (inferred when absent)."""
+  model = spec["model"]
   if "type" in model:
     return model["type"]
   if "vocab" in model and "continuing_subword_prefix" in model and "merges" not in model:
@@ -598,8 +604,40 @@ def _hf_model_type(path) -> str | None:
   return None
 
 
+def _hf_model_type(path) -> str | None:
+  """model.type of a Hugging Face `tokenizers` JSON file (inferred when absent)."""
+  return _spec_model_type(_hf_spec(path))
+
+
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def uncased_bert_spec(vocab_txt) -> dict:
+  """The `tokenizers` spec Hugging Face builds from an uncased BERT `vocab.txt` (one
+  token per line, id = line number), as BertTokenizer(do_lower_case=True) tokenises:
+  BertNormalizer lower-casing and stripping accents, BertPreTokenizer, WordPiece with
+  '##' continuations, [CLS] $A [SEP]; the special tokens are never split."""
+  with open(vocab_txt, encoding="utf-8") as f:
+    vocab = {}
+    for i, line in enumerate(f):
+      vocab[line.rstrip("\n")] = i
+  missing = [t for t in BERT_SPECIAL_TOKENS if t not in vocab]
+  if missing:
+    raise ValueError(f"{vocab_txt}: not a BERT vocab.txt (no {', '.join(missing)})")
+  return {
+      "model": {"type": "WordPiece", "vocab": vocab, "unk_token": "[UNK]",
+                "continuing_subword_prefix": "##", "max_input_chars_per_word": 100},
+      "normalizer": {"type": "BertNormalizer", "clean_text": True,
+                     "handle_chinese_chars": True, "strip_accents": None, "lowercase": True},
+      "pre_tokenizer": {"type": "BertPreTokenizer"},
+      "added_tokens": [{"content": t, "id": vocab[t], "special": True, "normalized": False}
+                       for t in BERT_SPECIAL_TOKENS],
+      "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True}}
+
+
 class WordPieceTokenizer:
-  """BERT WordPiece from a Hugging Face `tokenizers` JSON file (model.type WordPiece).
+  """BERT WordPiece from a Hugging Face `tokenizers` `.json` file (model.type WordPiece),
+  or from any other file as an uncased BERT `vocab.txt` (`uncased_bert_spec`: CheXbert's).
 
   Mirrors `tokenizers`: added tokens ([CLS], [MASK], ...) found in the text map to their
   ids; the rest is normalised (BertNormalizer: drop control characters, whitespace ->
@@ -623,10 +661,10 @@ class WordPieceTokenizer:
 
   def __init__(self, path: str | os.PathLike):
     self.path = str(path)
-    with open(self.path, encoding="utf-8") as f:
-      spec = json.load(f)
-    model = spec.get("model") or {}
-    if _hf_model_type(self.path) != "WordPiece":
+    is_json = pathlib.Path(path).suffix == ".json"
+    spec = _hf_spec(self.path) if is_json else uncased_bert_spec(path)
+    model = spec["model"]
+    if _spec_model_type(spec) != "WordPiece":
       raise ValueError(f"{self.path}: model type {model.get('type')!r}, not WordPiece")
     vocab = {str(t): int(i) for t, i in model["vocab"].items()}
     added = [a for a in spec.get("added_tokens") or [] if a.get("content")]

@@ -151,6 +151,10 @@ def base_config() -> ml_collections.ConfigDict:
   e.max_examples = 0           # 0: whole split
   e.pathology_source = "head"  # or "oracle_reference_labels": the reference report's labels
   e.num_report_card = 8        # studies shown (with heat maps) in report_card.html
+  e.labeler = "rules"          # clinical-efficacy labeler: "rules" or "chexbert" (SPEC 5)
+  e.chexbert_checkpoint = ""   # the user's chexbert.pth, for labeler "chexbert"
+  e.chexbert_vocab = ""        # the bert-base-uncased vocab.txt it was trained with
+  e.chexbert_batch_size = 64   # reports per CheXbert batch (a multiple of the batch shards)
   e.decode = dict(method="beam", num_beams=3, max_new_tokens=100, min_new_tokens=80,
                   repetition_penalty=2.0, length_penalty=2.0, top_p=0.9, temperature=1.0)
   # A phrase grounding set to score instead of the report metrics (builders.PHRASE_GROUNDING,
@@ -196,6 +200,7 @@ def validate(config) -> None:
                     f"train.grad_accum_steps {t.grad_accum_steps}")
   if not 0 < m.mask_ratio < 1:
     problems.append(f"model.mask_ratio {m.mask_ratio} must be in (0, 1)")
+  problems += _labeler_problems(config.eval)
   if config.get("task", "ssacl") not in ("ssacl", "finetune"):
     problems.append(f"task {config.task!r} must be 'ssacl' or 'finetune'")
   if config.get("task") == "finetune":
@@ -212,6 +217,17 @@ def _eval_dataset_problems(config) -> list[str]:
     return []
   return [f"eval.dataset {dataset!r} must be '' (score data.dataset) or a phrase grounding "
           f"set ({', '.join(builders.PHRASE_GROUNDING)})"]
+
+
+def _labeler_problems(e) -> list[str]:
+  from input_pipeline import labeler as labeler_lib
+  kind = e.get("labeler", labeler_lib.RULES)
+  if kind not in labeler_lib.LABELERS:
+    return [f"eval.labeler {kind!r} must be one of {', '.join(labeler_lib.LABELERS)}"]
+  if kind == labeler_lib.CHEXBERT and not (e.get("chexbert_checkpoint") and e.get("chexbert_vocab")):
+    return ["eval.labeler 'chexbert' needs eval.chexbert_checkpoint (the user's chexbert.pth) "
+            "and eval.chexbert_vocab (the bert-base-uncased vocab.txt)"]
+  return []
 
 
 def _finetune_problems(config) -> list[str]:

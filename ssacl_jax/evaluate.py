@@ -220,6 +220,17 @@ def write_outputs(out_dir: pathlib.Path, res, metrics, grid: int, cfg) -> None:
   report_card.write_report_card(out_dir / "report_card.html", metrics, studies)
 
 
+def make_labeler(cfg, batch_sharding):
+  """The clinical-efficacy labeler of config.eval (CheXbert labels on the eval mesh)."""
+  kind = cfg.get("labeler", labeler_lib.RULES)
+  if kind != labeler_lib.CHEXBERT:
+    return labeler_lib.make_labeler(kind)
+  return labeler_lib.make_labeler(kind, chexbert_checkpoint=cfg.chexbert_checkpoint,
+                                  chexbert_vocab=cfg.chexbert_vocab,
+                                  batch_size=cfg.chexbert_batch_size,
+                                  batch_sharding=batch_sharding)
+
+
 def evaluate(config, workdir) -> dict:
   cfg = config.eval
   if cfg.get("dataset") in builders.PHRASE_GROUNDING:
@@ -230,13 +241,14 @@ def evaluate(config, workdir) -> dict:
     head = pathology_head.load_head(workdir)
   elif cfg.pathology_source != ORACLE:
     raise ValueError(f"config.eval.pathology_source must be {HEAD!r} or {ORACLE!r}")
+  labeler = make_labeler(cfg, r.batch_sharding)  # before generating: bad paths fail early
   res = collect(r, cfg.split, head, cfg)
-  labeler = labeler_lib.default_labeler()
   res["gen_labels"] = labeler.label_many(list(res["generated"]))
   res["ref_labels"] = labeler.label_many(list(res["reference"]))
   grid = config.model.image_size // config.model.patch
   metrics = {"step": r.step, "split": cfg.split, "examples": int(len(res["study_id"])),
-             "pathology_source": cfg.pathology_source}
+             "pathology_source": cfg.pathology_source,
+             "protocol": {"labeler": labeler.name}}
   metrics.update(language_and_clinical(list(res["generated"]), list(res["reference"]),
                                        res["gen_labels"], res["ref_labels"], ""))
   frequent = most_frequent_report(r)

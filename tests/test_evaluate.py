@@ -49,6 +49,7 @@ def test_eval_writes_reports_metrics_heatmaps_and_card(trained):
           "labels_generated", "labels_reference"} <= set(rows[0])
   assert all(len(r["labels_reference"]) == 14 for r in rows)
   saved = json.loads((out / "metrics.json").read_text())
+  assert saved["protocol"]["labeler"] == "rules"  # the default labeler, named
   for key in ("language/BLEU_4", "language/METEOR", "language/ROUGE_L", "language/CIDEr",
               "clinical/micro14/f1", "clinical/micro5/f1", "clinical/example/f1",
               "baseline_most_frequent/language/BLEU_4", "pathology_head/auroc_mean",

@@ -86,7 +86,8 @@ def test_cli_round_trip_matches_reference(tmp_path):
 def test_label_file_on_shared_sample(shared_data, tmp_path):
   rules = shared_data / "chexpert_labeler_rules"
   out = tmp_path / "labeled.csv"
-  labels = label_reports.label_file(rules / "sample_reports.csv", out, str(rules))
+  labels = label_reports.label_file(rules / "sample_reports.csv", out,
+                                    labeler_lib.Labeler(rules))
   assert labels.shape == (4, 14)
   _assert_same_csv(out, rules / "labeled_reports.csv")
 
