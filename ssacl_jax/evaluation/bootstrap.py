@@ -207,6 +207,21 @@ def paired_differences(groups_a: list[Group], groups_b: list[Group], n: int,
   return out
 
 
+# The arrays of each kind whose first axis is the study (the rest describe the metrics).
+STUDY_ARRAYS = {"bleu": ("stats",), "cider": ("cider_lengths",), "clinical": ("counts", "examples"),
+                "ratio": ("sums", "counts"), "classifier": ("scores", "targets")}
+
+
+def reorder(group: Group, order) -> Group:
+  """The group with its studies in `order` (new study i is old study order[i])."""
+  arrays = dict(group.arrays)
+  for name in STUDY_ARRAYS[group.kind]:
+    arrays[name] = arrays[name][order]
+  if group.kind == "cider":  # entries name their study
+    arrays["cider_study"] = np.argsort(order)[arrays["cider_study"]]
+  return Group(group.kind, group.prefix, arrays)
+
+
 # ----------------------------------------------------------------------------- storage
 def save(path, study_ids, groups: list[Group]) -> None:
   """One .npz: the study ids and every group's arrays, keyed 'index|kind|prefix|name'."""
