@@ -49,7 +49,7 @@ def test_per_study_statistics_reproduce_coco_on_a_resample_with_duplicates():
 
 def test_bleu1_hand_computed_brevity_penalty():
   # 5 candidate tokens all in the 6-token reference: precision 1, BP = exp(1 - 6/5).
-  m = language.language_metrics(["The heart is normal."], ["the heart size is normal."],
+  m = language.language_metrics(["the heart is normal."], ["the heart size is normal."],
                                 with_meteor=False)
   assert "METEOR" not in m
   assert m["BLEU_1"] == pytest.approx(math.exp(1 - 6 / 5), rel=1e-6)
@@ -225,9 +225,17 @@ def test_auroc_perfect_inverted_and_uncertain_as_negative():
   assert np.isnan(classification.mean_auroc(s, np.zeros((4, 1))))
 
 
-def test_average_ranks():
-  np.testing.assert_allclose(classification.average_ranks(np.array([3., 1., 3., 2.])),
-                             [3.5, 1, 3.5, 2])
+def test_weighted_auroc_equals_auroc_of_repeated_examples():
+  rng = np.random.default_rng(7)
+  scores = rng.integers(0, 4, size=(9, 2)).astype(float)  # many ties
+  targets = rng.integers(0, 2, size=(9, 2))
+  weights = np.array([[1, 0, 2, 3, 0, 1, 1, 0, 1], [1] * 9, [0, 1, 0, 0, 0, 0, 0, 0, 0]])
+  got = classification.weighted_auroc(scores, targets, weights)
+  for b in range(2):
+    idx = np.repeat(np.arange(9), weights[b])
+    np.testing.assert_allclose(got[b], [_brute_force_auc(scores[idx, c], targets[idx, c] == 1)
+                                        for c in range(2)])
+  assert np.isnan(got[2]).all()  # one example: one class only
 
 
 def test_pick_thresholds_maximises_f1_and_handles_ties_and_no_positives():

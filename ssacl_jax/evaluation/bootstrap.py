@@ -12,8 +12,7 @@ follows exactly (a resample is a weighting of the studies: how often each was dr
               per-observation and example-based scores of the weighted sums
   ratio       per-study sums and counts (ROUGE-L, METEOR, grounding pairs, retrieval
               queries): weighted sum / weighted count, plus a fixed offset
-  classifier  per-study scores and targets: AUROC (and F1 at fixed thresholds) of the
-              resampled rows
+  classifier  per-study scores and targets: weighted AUROC (and F1 at fixed thresholds)
 
 Two approximations, both documented in docs/EVALUATION.md: METEOR's corpus score comes
 from Java statistics we do not keep, so its interval is that of the mean per-study
@@ -139,19 +138,16 @@ def _ratio(a, r: Resamples) -> dict:
 
 
 def _classifier(a, r: Resamples) -> dict:
-  names = [str(k) for k in a["names"]]
-  out = {k: np.empty(len(r.indices)) for k in
-         [f"auroc/{c}" for c in names] + ["auroc_mean"] +
-         (["macro_f1", "micro_f1"] if "thresholds" in a else [])}
-  for b, idx in enumerate(r.indices):
-    scores, targets = a["scores"][idx], a["targets"][idx]
-    aucs = classification.auroc(scores, targets)
-    for c, name in enumerate(names):
-      out[f"auroc/{name}"][b] = aucs[c]
-    out["auroc_mean"][b] = np.nanmean(aucs) if np.isfinite(aucs).any() else np.nan
-    if "thresholds" in a:
-      f1 = classification.f1_at_thresholds(scores, targets, a["thresholds"])
-      out["macro_f1"][b], out["micro_f1"][b] = f1["macro_f1"], f1["micro_f1"]
+  aucs = classification.weighted_auroc(a["scores"], a["targets"], r.weights)
+  out = {f"auroc/{name}": aucs[:, c] for c, name in enumerate(a["names"])}
+  defined = ~np.isnan(aucs)
+  out["auroc_mean"] = np.divide(np.nansum(aucs, 1), defined.sum(1),
+                                out=np.full(len(aucs), np.nan), where=defined.any(1))
+  if "thresholds" in a:
+    pred, positive = a["scores"] >= a["thresholds"], a["targets"]
+    f1 = classification.f1_from_counts(r.weights @ (pred & positive), r.weights @ pred,
+                                       r.weights @ positive)
+    out.update(macro_f1=f1["macro_f1"], micro_f1=f1["micro_f1"])
   return out
 
 
