@@ -106,10 +106,10 @@ def validation_scores(r: inference.Restored, split: str, num_examples: int) -> d
   """Generation scores on the first `num_examples` of a validation split, for choosing the
   checkpoint (eval.val_generate_examples): BLEU, ROUGE-L, CIDEr (no METEOR) and clinical
   F1. The prompts are the reference labels (the pathology head is fitted after training)."""
-  generated, references = [], []
+  generated, references, decode_cfg = [], [], _decode_config(r)
   for batch, local in inference.eval_batches(r, split, max_examples=num_examples):
     valid = np.asarray(local["valid"], bool)
-    reports = generate_batch(r, batch, np.asarray(local["labels"]), _decode_config(r))
+    reports = generate_batch(r, batch, np.asarray(local["labels"]), decode_cfg)
     generated += [g for g, ok in zip(reports, valid) if ok]
     references += [str(t) for t, ok in zip(local["report"], valid) if ok]
   labeler = labeler_lib.default_labeler()
