@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ssacl_jax import checkpointing, compare
-from ssacl_jax.evaluation import bootstrap, classification, clinical, grounding, language
+from ssacl_jax.evaluation import bootstrap, classification, clinical, language
 from tiny_config import tiny_config
 
 GEN = ["The heart is normal. No effusion.", "Small left effusion.", "",
