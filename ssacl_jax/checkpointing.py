@@ -10,11 +10,16 @@ so a checkpoint written on one mesh restores onto another. The checkpoint's tree
 compared to the model first: missing, extra or mis-shaped parameters are listed in the
 error, or, with `config.checkpoint.partial_restore`, the matching ones are restored and
 the rest keep their fresh initialisation.
+
+Which saved step is scored (`select_step`): the best on validation by default, read from
+the validation records training writes to WORKDIR/metrics.jsonl; never chosen on test.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import pathlib
 
 import jax
@@ -187,3 +192,46 @@ def _data_save(iterator):
 def _data_restore(iterator):
   import grain
   return grain.checkpoint.CheckpointRestore(iterator)
+
+
+# ----------------------------------------------------------------------------- which step
+def validation_record(workdir, metric: str) -> dict[int, float]:
+  """{step: value} of `metric` in the validation records of WORKDIR/metrics.jsonl."""
+  path, values = pathlib.Path(workdir) / "metrics.jsonl", {}
+  if metric and path.is_file():
+    for record in map(json.loads, path.read_text().splitlines()):
+      value = record.get(metric)
+      if isinstance(value, (int, float)) and math.isfinite(value):
+        values[int(record["step"])] = float(value)
+  return values
+
+
+def select_step(config, workdir, steps, request=None) -> tuple[int, str]:
+  """(step, the rule that chose it) among the saved `steps`.
+
+  request (default config.eval.step): "best", the saved step with the best
+  checkpoint.best_metric (checkpoint.best_mode) on validation, the earlier step on ties;
+  the latest, saying so, when no saved step has a validation record; "latest"; or a step.
+  """
+  request = str(config.eval.step if request is None else request).strip()
+  steps = sorted(int(s) for s in steps)
+  if request == "latest":
+    return steps[-1], "latest (eval.step=latest)"
+  if request != "best":
+    if not request.lstrip("-").isdigit():
+      raise ValueError(f"eval.step {request!r}: expected 'best', 'latest' or a step number")
+    if int(request) < 0:
+      return steps[-1], "latest (eval.step<0)"
+    if int(request) not in steps:
+      raise FileNotFoundError(f"no checkpoint for eval.step {request}; available: {steps}")
+    return int(request), f"eval.step={request}"
+  metric, mode = config.checkpoint.best_metric, config.checkpoint.best_mode
+  values = validation_record(workdir, metric)
+  candidates = [s for s in steps if s in values]
+  if not candidates:
+    logging.warning("no validation %s recorded for the saved steps %s: scoring the latest",
+                    metric, steps)
+    return steps[-1], f"latest (best unknown: no validation {metric} for a saved step)"
+  sign = 1 if mode == "max" else -1
+  best = max(candidates, key=lambda s: (sign * values[s], -s))
+  return best, f"best validation {metric} ({mode}: {values[best]:.6g})"

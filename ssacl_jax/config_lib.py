@@ -146,7 +146,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = e = ml_collections.ConfigDict()
   e.split = "test"
-  e.checkpoint_step = -1       # -1: latest
+  e.step = "best"              # checkpoint scored by eval and fitted by the head: 'best'
+                               # (checkpoint.best_metric on validation), 'latest' or a step
+  e.val_generate_examples = 0  # >0: validation also generates reports for this many
+                               # examples (val_language/*, val_clinical/*; selectable)
+  e.lowercase = False          # lower-case reports before language metrics (the release does not)
+  e.bootstrap_resamples = 1000  # study-level bootstrap for metrics["ci95"]; 0: no intervals
   e.batch_size = 16
   e.max_examples = 0           # 0: whole split
   e.pathology_source = "head"  # or "oracle_reference_labels": the reference report's labels

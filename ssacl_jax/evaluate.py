@@ -1,11 +1,16 @@
 """Evaluation (`--mode eval`): restore, generate reports, ground them, score them.
 
-Writes WORKDIR/eval/<split>/:
+Scores the checkpoint of config.eval.step (the best on validation by default) and writes
+WORKDIR/eval/<split>/:
   reports.jsonl      per study: generated and reference report, predicted pathologies and
-                     regions, labeler output for both
+                     regions, labeler output for both, and its per-study scores
   metrics.json       language (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D), clinical efficacy,
                      pathology head AUROC/F1, grounding (ours and baselines), zero-shot,
-                     retrieval, and the trivial baselines of the same evaluators
+                     retrieval, and the trivial baselines of the same evaluators; "ci95":
+                     study-level bootstrap intervals; "protocol": how it was scored
+                     (every number: docs/EVALUATION.md)
+  per_study.npz      the per-study statistics the intervals are computed from
+                     (`python -m ssacl_jax.compare` reads it)
   heatmaps/*.png     per-region overlays for a sample of studies
   report_card.html   the sample side by side, metrics on top
 
@@ -15,6 +20,7 @@ WORKDIR/eval/<dataset>/<split>/ (metrics.json, phrases.jsonl).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import pathlib
 
@@ -25,8 +31,8 @@ import numpy as np
 from input_pipeline import (builders, features as features_lib, labeler as labeler_lib, pipeline,
                             transforms)
 from ssacl_jax import anatomy, generate, inference, pathology_head
-from ssacl_jax.evaluation import (classification, clinical, grounding, language, report_card,
-                                  retrieval, zero_shot)
+from ssacl_jax.evaluation import (bootstrap, classification, clinical, grounding, language,
+                                  report_card, retrieval, zero_shot)
 
 ORACLE = "oracle_reference_labels"
 HEAD = "head"
@@ -83,13 +89,49 @@ def _text_embeddings(model, ids, mask):
 
 
 # ----------------------------------------------------------------------------- main loop
+def generate_batch(r: inference.Restored, batch, predicted, decode_cfg) -> list[str]:
+  """Reports for a model batch, prompted by the positive pathologies in `predicted`."""
+  dec_tok = r.tokenizers[1]
+  prompts, leaf_masks = labels_to_prompt_and_mask(predicted)
+  prompt_ids, prompt_mask = prompt_batch(dec_tok, prompts, r.config.data.prompt_len)
+  gen = generate.generate_reports(r.model, {"params": r.params}, batch["image"],
+                                  *r.anatomy_tokens, jnp.asarray(leaf_masks), decode_cfg,
+                                  prompt_ids=prompt_ids, prompt_mask=prompt_mask)
+  return decode_reports(dec_tok, inference.gather(gen.tokens), inference.gather(gen.lengths))
+
+
+def _decode_config(r: inference.Restored):
+  dec_tok = r.tokenizers[1]
+  return generate.decode_config(r.config.eval.decode, eos_id=dec_tok.newline_id,
+                                pad_id=dec_tok.pad_id)
+
+
+def validation_scores(r: inference.Restored, split: str, num_examples: int) -> dict:
+  """Generation scores on the first `num_examples` of a validation split, for choosing the
+  checkpoint (eval.val_generate_examples): BLEU, ROUGE-L, CIDEr (no METEOR) and clinical
+  F1. The prompts are the reference labels (the pathology head is fitted after training)."""
+  generated, references, decode_cfg = [], [], _decode_config(r)
+  for batch, local in inference.eval_batches(r, split, max_examples=num_examples):
+    valid = np.asarray(local["valid"], bool)
+    reports = generate_batch(r, batch, np.asarray(local["labels"]), decode_cfg)
+    generated += [g for g, ok in zip(reports, valid) if ok]
+    references += [str(t) for t, ok in zip(local["report"], valid) if ok]
+  labeler = labeler_lib.default_labeler()
+  lang = language.language_metrics(generated, references, with_meteor=False,
+                                   lowercase=r.config.eval.lowercase)
+  ce = clinical.clinical_efficacy(labeler.label_many(generated), labeler.label_many(references))
+  return {**{f"language/{k}": v for k, v in lang.items()},
+          **{f"clinical/{k}": ce[k] for k in ("micro14/f1", "micro5/f1", "macro14/f1",
+                                               "example/f1")}}
+
+
 def collect(r: inference.Restored, split: str, head, cfg) -> dict:
   """Run every model output the evaluators need over a split (valid rows only)."""
   m, d = r.config.model, r.config.data
-  text_tok, dec_tok = r.tokenizers
+  text_tok = r.tokenizers[0]
   maps_fn = inference.jit_method(r, _maps_and_embeddings)
   text_fn = inference.jit_method(r, _text_embeddings)
-  decode_cfg = generate.decode_config(cfg.decode, eos_id=dec_tok.newline_id, pad_id=dec_tok.pad_id)
+  decode_cfg = _decode_config(r)
   out = collections.defaultdict(list)
   for batch, local in inference.eval_batches(r, split, max_examples=cfg.max_examples or None):
     valid = np.asarray(local["valid"], bool)
@@ -104,12 +146,7 @@ def collect(r: inference.Restored, split: str, head, cfg) -> dict:
     else:
       predicted = pathology_head.positives_from_head(head, feats)
       out["head_proba"].append(pathology_head.predict_proba(head, feats)[valid])
-    prompts, leaf_masks = labels_to_prompt_and_mask(predicted)
-    prompt_ids, prompt_mask = prompt_batch(dec_tok, prompts, d.prompt_len)
-    gen = generate.generate_reports(r.model, {"params": r.params}, batch["image"],
-                                    *r.anatomy_tokens, jnp.asarray(leaf_masks), decode_cfg,
-                                    prompt_ids=prompt_ids, prompt_mask=prompt_mask)
-    reports = decode_reports(dec_tok, inference.gather(gen.tokens), inference.gather(gen.lengths))
+    reports = generate_batch(r, batch, predicted, decode_cfg)
     ref_ids, ref_mask = encode_batch(text_tok, [str(t).lower() for t in local["report"]], d.text_len)
     report_emb = text_fn(ref_ids, ref_mask)
     rows = dict(
@@ -126,15 +163,30 @@ def collect(r: inference.Restored, split: str, head, cfg) -> dict:
 
 
 # ----------------------------------------------------------------------------- metrics
+@dataclasses.dataclass
+class Scores:
+  """Metrics of n studies with what their bootstrap intervals are computed from."""
+  metrics: dict = dataclasses.field(default_factory=dict)       # key -> float
+  groups: list = dataclasses.field(default_factory=list)        # bootstrap.Group
+  per_study: dict = dataclasses.field(default_factory=dict)     # key -> float [n]
+
+  def add(self, other: "Scores") -> None:
+    self.metrics.update(other.metrics)
+    self.groups += other.groups
+    self.per_study.update(other.per_study)
+
+
 def grid_maps(maps, grid: int):
   return maps.reshape(*maps.shape[:-1], grid, grid)
 
 
-def grounding_metrics(res, grid: int, image_hw, seed: int = 0) -> dict:
+def grounding_metrics(res, grid: int, image_hw, seed: int = 0) -> Scores:
   """Ours vs. random-map and CLS-attention baselines, for leaves and findings."""
+  out, n = Scores(), len(res["study_id"])
   has = res["has_boxes"].astype(bool)
   if not has.any():
-    return {}
+    return out
+  studies = np.nonzero(has)[0]
   leaf_maps = grid_maps(res["anatomy_maps"][has][:, anatomy.leaf_node_indices()], grid)
   cls_map = grid_maps(res["anatomy_maps"][has][:, -1:], grid)
   leaf_boxes, finding_boxes = res["leaf_boxes"][has], res["finding_boxes"][has]
@@ -142,22 +194,40 @@ def grounding_metrics(res, grid: int, image_hw, seed: int = 0) -> dict:
   finding_valid = res["finding_valid"][has] & (np.abs(finding_boxes).sum(-1) > 0)
   phrase_maps = grid_maps(res["phrase_maps"][has], grid)
   rng = np.random.default_rng(seed)
-  rand = lambda shape: rng.random(shape)
-  out = {}
   for name, maps, boxes, valid in (("leaves", leaf_maps, leaf_boxes, leaf_valid),
                                    ("findings", phrase_maps, finding_boxes, finding_valid)):
     if not valid.any():
       continue
     cls = np.broadcast_to(cls_map, maps.shape)
-    for source, m in (("ours", maps), ("cls_attention", cls), ("random", rand(maps.shape))):
-      scores = grounding.grounding_scores(m, boxes, valid, image_hw)
-      out.update({f"grounding/{name}/{source}/{k}": float(v) for k, v in scores.items()})
+    for source, m in (("ours", maps), ("cls_attention", cls), ("random", rng.random(maps.shape))):
+      prefix = f"grounding/{name}/{source}/"
+      pairs = grounding.grounding_pair_scores(m, boxes, valid, image_hw)
+      pairs["example"] = studies[pairs["example"]]
+      group = bootstrap.pair_group(prefix, pairs, n)
+      means = bootstrap.draws([group], bootstrap.identity(n))
+      out.metrics.update({k: float(v[0]) for k, v in means.items()})
+      out.metrics[prefix + "count"] = len(pairs["example"])
+      out.groups.append(group)
+      sums, counts = group.arrays["sums"], group.arrays["counts"]
+      out.per_study.update({prefix + str(k): np.divide(
+          sums[:, c], counts[:, c], out=np.full(n, np.nan), where=counts[:, c] > 0)
+          for c, k in enumerate(group.arrays["names"])})
   return out
 
 
-def language_and_clinical(generated, references, gen_labels, ref_labels, prefix: str) -> dict:
-  out = {f"{prefix}language/{k}": v for k, v in language.language_metrics(generated, references).items()}
-  out.update({f"{prefix}clinical/{k}": v for k, v in clinical.clinical_efficacy(gen_labels, ref_labels).items()})
+def language_and_clinical(generated, references, gen_labels, ref_labels, prefix: str,
+                          lowercase: bool = False) -> Scores:
+  corpus, per_study = language.language_scores(generated, references, lowercase=lowercase)
+  out = Scores({f"{prefix}language/{k}": v for k, v in corpus.items()})
+  out.metrics.update({f"{prefix}clinical/{k}": v for k, v in
+                      clinical.clinical_efficacy(gen_labels, ref_labels).items()})
+  out.groups = (bootstrap.language_groups(f"{prefix}language/", generated, references,
+                                          per_study, corpus, lowercase) +
+                bootstrap.clinical_groups(f"{prefix}clinical/", gen_labels, ref_labels))
+  out.per_study = {f"{prefix}language/{k}": v for k, v in per_study.items()}
+  examples = clinical.study_counts(gen_labels, ref_labels)[1]
+  out.per_study.update({f"{prefix}clinical/example/{m}": examples[:, c]
+                        for c, m in enumerate(clinical.MEASURES)})
   return out
 
 
@@ -168,7 +238,7 @@ def most_frequent_report(r: inference.Restored) -> str:
   return counts.most_common(1)[0][0]
 
 
-def zero_shot_and_retrieval(r, res, text_fn) -> dict:
+def zero_shot_and_retrieval(r, res, text_fn) -> Scores:
   text_tok = r.tokenizers.text
 
   def encode_text(texts):
@@ -179,16 +249,43 @@ def zero_shot_and_retrieval(r, res, text_fn) -> dict:
   scores = zero_shot.zero_shot_scores(res["image_emb"], encode_text, [c.lower() for c in classes])
   targets = res["labels"][:, [anatomy.PATHOLOGY_INDEX[c] for c in classes]] == 1
   aucs = classification.auroc(scores, targets)
-  out = {f"zero_shot/auroc/{c}": float(a) for c, a in zip(classes, aucs)}
-  out["zero_shot/auroc_mean"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
+  out = Scores({f"zero_shot/auroc/{c}": float(a) for c, a in zip(classes, aucs)})
+  out.metrics["zero_shot/auroc_mean"] = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
+  out.groups.append(bootstrap.classifier_group("zero_shot/", scores, targets, classes))
   sim = zero_shot.l2_normalise(res["image_emb"]) @ zero_shot.l2_normalise(res["report_emb"]).T
-  out.update({f"retrieval/{k}": float(v) for k, v in
-              retrieval.retrieval_metrics(sim, res["labels"] == 1).items()})
+  per_query = {f"retrieval/{k}": v for k, v in
+               retrieval.per_query_scores(sim, res["labels"] == 1).items()}
+  out.metrics.update({k: float(v.mean()) for k, v in per_query.items()})
+  out.groups.append(bootstrap.ratio_group("", per_query))
+  out.per_study.update(per_query)
   return out
 
 
+def pathology_head_metrics(head, res) -> Scores:
+  targets = res["labels"] == 1
+  out = Scores({"pathology_head/auroc_mean": float(classification.mean_auroc(res["head_proba"], targets))})
+  f1 = classification.f1_at_thresholds(res["head_proba"], targets, head["thresholds"])
+  out.metrics.update({f"pathology_head/{k}": float(v) for k, v in f1.items() if np.ndim(v) == 0})
+  out.groups.append(bootstrap.classifier_group("pathology_head/", res["head_proba"], targets,
+                                               thresholds=head["thresholds"]))
+  return out
+
+
+def protocol(config, r: inference.Restored, labeler_name: str) -> dict:
+  """How the numbers were produced (metrics["protocol"]; docs/EVALUATION.md)."""
+  cfg = config.eval
+  return {"labeler": labeler_name, "dataset": config.data.dataset, "synthetic": config.data.dataset.startswith("synthetic"),
+          "split": cfg.split, "checkpoint_step": int(r.step), "checkpoint_rule": r.step_rule,
+          "lowercase": bool(cfg.lowercase), "pathology_source": cfg.pathology_source,
+          "clinical_mapping": "positive = 1; uncertain, negative, blank = 0 "
+                              "(clinical/uncertain_positive/*: uncertain = 1 too)",
+          "grounding": "maps smoothed, resized nearest-neighbour; mIoU on [-1, 1] maps, "
+                       "thresholds 0.1..0.5; pointing game: any tied maximum",
+          "bootstrap": f"study-level, {cfg.bootstrap_resamples} resamples, seed {bootstrap.SEED}"}
+
+
 # ----------------------------------------------------------------------------- outputs
-def write_outputs(out_dir: pathlib.Path, res, metrics, grid: int, cfg) -> None:
+def write_outputs(out_dir: pathlib.Path, res, metrics, scores: Scores, grid: int, cfg) -> None:
   out_dir.mkdir(parents=True, exist_ok=True)
   with open(out_dir / "reports.jsonl", "w") as f:
     for i in range(len(res["study_id"])):
@@ -200,8 +297,10 @@ def write_outputs(out_dir: pathlib.Path, res, metrics, grid: int, cfg) -> None:
           "predicted_regions": list(anatomy.regions_for_pathologies(anatomy.positive_pathologies(pred))),
           "labels_dataset": res["labels"][i].tolist(),
           "labels_generated": res["gen_labels"][i].tolist(),
-          "labels_reference": res["ref_labels"][i].tolist()}) + "\n")
+          "labels_reference": res["ref_labels"][i].tolist(),
+          "scores": {k: _json_float(v[i]) for k, v in sorted(scores.per_study.items())}}) + "\n")
   (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True, default=float))
+  bootstrap.save(out_dir / bootstrap.FILENAME, res["study_id"], scores.groups)
   studies = []
   heat_dir = out_dir / "heatmaps"
   heat_dir.mkdir(exist_ok=True)
@@ -231,11 +330,16 @@ def make_labeler(cfg, batch_sharding):
                                   batch_sharding=batch_sharding)
 
 
+def _json_float(v) -> float | None:
+  """JSON has no NaN: an undefined per-study score (no box of that kind) is null."""
+  return None if np.isnan(v) else float(v)
+
+
 def evaluate(config, workdir) -> dict:
   cfg = config.eval
   if cfg.get("dataset") in builders.PHRASE_GROUNDING:
     return phrase_grounding(config, workdir)
-  r = inference.restore(config, workdir, step=cfg.checkpoint_step)
+    r = inference.restore(config, workdir, step=str(cfg.step))
   head = None
   if cfg.pathology_source == HEAD:
     head = pathology_head.load_head(workdir)
@@ -246,27 +350,27 @@ def evaluate(config, workdir) -> dict:
   res["gen_labels"] = labeler.label_many(list(res["generated"]))
   res["ref_labels"] = labeler.label_many(list(res["reference"]))
   grid = config.model.image_size // config.model.patch
-  metrics = {"step": r.step, "split": cfg.split, "examples": int(len(res["study_id"])),
-             "pathology_source": cfg.pathology_source,
-             "protocol": {"labeler": labeler.name}}
-  metrics.update(language_and_clinical(list(res["generated"]), list(res["reference"]),
-                                       res["gen_labels"], res["ref_labels"], ""))
+  n = len(res["study_id"])
+  scores = language_and_clinical(list(res["generated"]), list(res["reference"]),
+                                 res["gen_labels"], res["ref_labels"], "", cfg.lowercase)
   frequent = most_frequent_report(r)
-  n = len(res["reference"])
-  metrics.update(language_and_clinical([frequent] * n, list(res["reference"]),
-                                       np.repeat(labeler.label_many([frequent]), n, 0),
-                                       res["ref_labels"], "baseline_most_frequent/"))
+  scores.add(language_and_clinical([frequent] * n, list(res["reference"]),
+                                   np.repeat(labeler.label_many([frequent]), n, 0),
+                                   res["ref_labels"], "baseline_most_frequent/", cfg.lowercase))
   if head is not None:
-    targets = res["labels"] == 1
-    metrics["pathology_head/auroc_mean"] = float(classification.mean_auroc(res["head_proba"], targets))
-    f1 = classification.f1_at_thresholds(res["head_proba"], targets, head["thresholds"])
-    metrics.update({f"pathology_head/{k}": float(v) for k, v in f1.items() if np.ndim(v) == 0})
-  metrics.update(grounding_metrics(res, grid, res["raw_image"].shape[1:]))
-  metrics.update(zero_shot_and_retrieval(r, res, inference.jit_method(r, _text_embeddings)))
+    scores.add(pathology_head_metrics(head, res))
+  scores.add(grounding_metrics(res, grid, res["raw_image"].shape[1:]))
+  scores.add(zero_shot_and_retrieval(r, res, inference.jit_method(r, _text_embeddings)))
+  metrics = {"step": r.step, "split": cfg.split, "examples": n,
+             "pathology_source": cfg.pathology_source, **scores.metrics,
+             "protocol": protocol(config, r, labeler.name)}
+  if cfg.bootstrap_resamples:
+    metrics["ci95"] = bootstrap.confidence_intervals(scores.groups, n, cfg.bootstrap_resamples)
   out_dir = pathlib.Path(workdir) / "eval" / cfg.split
   if jax.process_index() == 0:
-    write_outputs(out_dir, res, metrics, grid, cfg)
-  summary = {k: v for k, v in metrics.items() if "/" not in k or k.count("/") == 1}
+    write_outputs(out_dir, res, metrics, scores, grid, cfg)
+  summary = {k: v for k, v in metrics.items()
+             if k != "ci95" and ("/" not in k or k.count("/") == 1)}
   print(json.dumps(summary, default=float), flush=True)
   print(f"report card: {out_dir / 'report_card.html'}", flush=True)
   return metrics
@@ -334,7 +438,7 @@ def phrase_grounding(config, workdir) -> dict:
   WORKDIR/eval/<dataset>/<split>/."""
   from ssacl_jax import data as data_lib
   cfg, d = config.eval, config.data
-  r = inference.restore(config, workdir, step=cfg.checkpoint_step)
+  r = inference.restore(config, workdir, step=str(cfg.step))
   source = data_lib.load_dataset_split(cfg.dataset, d.data_dir, cfg.manual_dir or d.manual_dir,
                                        dict(cfg.builder), cfg.split)
   if cfg.max_examples:

@@ -179,28 +179,6 @@ def make_task(config, mesh, batch_sharding, workdir) -> train.Task:
 
 
 # ----------------------------------------------------------------------------- test
-def selected_step(config, workdir, steps) -> tuple[int, str]:
-  """(step, how chosen): eval.checkpoint_step if set, else the best saved step by
-  checkpoint.best_metric in WORKDIR/metrics.jsonl, else the latest."""
-  if config.eval.checkpoint_step >= 0:
-    if config.eval.checkpoint_step not in steps:
-      raise FileNotFoundError(f"no checkpoint for step {config.eval.checkpoint_step}; "
-                              f"available: {sorted(steps)}")
-    return config.eval.checkpoint_step, "eval.checkpoint_step"
-  metric, path = config.checkpoint.best_metric, pathlib.Path(workdir) / "metrics.jsonl"
-  values = {}
-  if metric and path.is_file():
-    for record in map(json.loads, path.read_text().splitlines()):
-      if metric in record and record[metric] is not None and np.isfinite(record[metric]):
-        values[record["step"]] = record[metric]
-  candidates = [s for s in steps if s in values]
-  if not candidates:
-    logging.warning("no validation %s recorded for the saved steps: using the latest", metric)
-    return max(steps), "latest"
-  sign = 1 if config.checkpoint.best_mode == "max" else -1
-  return max(candidates, key=lambda s: (sign * values[s], -s)), f"best {metric}"
-
-
 def evaluate(config, workdir, split: str | None = None) -> dict:
   """Score the selected checkpoint on `split` (default eval.split); write metrics.json."""
   split = split or config.eval.split
@@ -216,7 +194,7 @@ def evaluate(config, workdir, split: str | None = None) -> dict:
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: fine-tune first "
                             f"(--mode finetune --workdir {workdir})")
-  step, how = selected_step(config, workdir, steps)
+  step, how = checkpointing.select_step(config, workdir, steps)
   params = ckpt.restore(step, setup.abstract_state, params_only=True)["params"]
   ckpt.close()
   predict = make_predict(config, model, setup, mesh, batch_sharding)

@@ -28,10 +28,15 @@ class Restored:
   anatomy_tokens: tuple
   step: int
   batch_sharding: NamedSharding
+  step_rule: str = "latest"   # how `step` was chosen (checkpointing.select_step)
 
 
-def restore(config, workdir, *, step: int | None = None) -> Restored:
-  """The model of `config` with parameters from WORKDIR/checkpoints (latest or `step`)."""
+def restore(config, workdir, *, step: int | str | None = None) -> Restored:
+  """The model of `config` with parameters from WORKDIR/checkpoints.
+
+  step: None or a negative number: the latest; a number: that step; "best", "latest" or
+  a number as text: as config.eval.step (checkpointing.select_step).
+  """
   mesh = sharding.make_mesh(config)
   jax.set_mesh(mesh)
   tokenizers = data_lib.load_tokenizers(config, workdir=workdir)
@@ -44,18 +49,22 @@ def restore(config, workdir, *, step: int | None = None) -> Restored:
     fresh = setup.init_fn(jax.random.key(config.train.seed))["params"]
     params = pretrained.load_initial_params(config, setup.abstract_state["params"], fresh)
     return Restored(config, mesh, model, params, tokenizers, anatomy_tokens, 0,
-                    NamedSharding(mesh, sharding.batch_spec(config)))
+                    NamedSharding(mesh, sharding.batch_spec(config)),
+                    f"imported weights ({config.init.checkpoint or 'config.init'})")
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first "
                             f"(python -m ssacl_jax.main --config ... --workdir {workdir})")
-  step = steps[-1] if step is None or step < 0 else step
+  if isinstance(step, str):
+    step, rule = checkpointing.select_step(config, workdir, steps, step)
+  else:
+    step, rule = (max(steps), "latest") if step is None or step < 0 else (step, f"step {step}")
   if step not in steps:
     raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt.directory}; "
                             f"available: {sorted(steps)}")
   params = ckpt.restore(step, setup.abstract_state, params_only=True)["params"]
   logging.info("restored parameters of step %d from %s", step, ckpt.directory)
   return Restored(config, mesh, model, params, tokenizers, anatomy_tokens, step,
-                  NamedSharding(mesh, sharding.batch_spec(config)))
+                  NamedSharding(mesh, sharding.batch_spec(config)), rule)
 
 
 def gather(tree):

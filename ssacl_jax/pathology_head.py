@@ -75,8 +75,9 @@ def predict_proba(head, features):
 
 
 def train_head(config, workdir) -> dict:
-  """Fit, select thresholds on validation, save; returns validation metrics."""
-  r = inference.restore(config, workdir)
+  """Fit on the checkpoint of config.eval.step (best on validation by default), select
+  thresholds on validation, save; returns validation metrics."""
+  r = inference.restore(config, workdir, step=str(config.eval.step))
   h = config.head
   train_x, train_y = extract_features(r, config.data.train_split, h.max_train_examples or None)
   val_x, val_y = extract_features(r, config.data.eval_split)
@@ -88,7 +89,7 @@ def train_head(config, workdir) -> dict:
              **{f"val_{k}": float(v) for k, v in classification.f1_at_thresholds(
                  val_p, val_y == 1, head["thresholds"]).items()
                 if np.ndim(v) == 0}}
-  save_head(workdir, head, dict(step=r.step, **metrics))
+  save_head(workdir, head, dict(step=r.step, step_rule=r.step_rule, **metrics))
   logging.info("pathology head: %s", metrics)
   print(json.dumps({"pathology_head": metrics}), flush=True)
   return metrics

@@ -58,7 +58,13 @@ def pretraining_task(config, mesh, batch_sharding, workdir) -> Task:
                         in_shardings=(setup.shardings["params"], batch_sharding, replicated,
                                       replicated, replicated),
                         out_shardings=replicated, compiler_options=compiler_options())
-    return lambda state: evaluate_loss(config, eval_step, state, data, mesh, batch_sharding)
+    def validate(state):
+      scores = evaluate_loss(config, eval_step, state, data, mesh, batch_sharding)
+      if config.eval.val_generate_examples:
+        scores.update(validation_generation(config, state, data, mesh, batch_sharding))
+      return scores
+
+    return validate
 
   return Task(ssacl.build_model(config.model), data, data.anatomy_tokens,
               ssacl.dummy_batch(config, 1), ssacl.LOSS_NAMES, make_validate)
@@ -290,6 +296,19 @@ def evaluate_loss(config, eval_step, state, data, mesh, batch_sharding) -> dict:
         totals[k] = totals.get(k, 0.0) + float(v)
     count += 1
   return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
+
+
+def validation_generation(config, state, data, mesh, batch_sharding) -> dict:
+  """{"val_language/BLEU_4", "val_clinical/micro14/f1", ...} of reports generated for the
+  first eval.val_generate_examples validation examples (evaluate.validation_scores), so
+  that checkpoint.best_metric can choose the checkpoint by them."""
+  from ssacl_jax import evaluate, inference
+  restored = inference.Restored(config, mesh, ssacl.build_model(config.model), state["params"],
+                                data.tokenizers, data.anatomy_tokens, int(state["step"]),
+                                batch_sharding)
+  scores = evaluate.validation_scores(restored, config.data.eval_split,
+                                      config.eval.val_generate_examples)
+  return {f"val_{k}": v for k, v in scores.items()}
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

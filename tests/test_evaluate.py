@@ -4,16 +4,21 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from ssacl_jax import anatomy, evaluate, pathology_head, train
+from ssacl_jax import anatomy, checkpointing, evaluate, pathology_head, train
+from ssacl_jax.evaluation import bootstrap
 from test_train import config_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def eval_config(data_dir):
-  c = config_for(data_dir, num_steps=4)
+  c = config_for(data_dir, num_steps=4, eval_every_steps=2)
+  # Validation generates reports, and the best validation BLEU-4 chooses the checkpoint.
+  c.eval.val_generate_examples = 4
+  c.checkpoint.best_metric, c.checkpoint.best_mode = "val_language/BLEU_4", "max"
   c.eval.decode.max_new_tokens = 10
   c.eval.decode.min_new_tokens = 2
   c.eval.batch_size = 8
@@ -39,6 +44,20 @@ def test_pathology_head_is_saved_with_thresholds(trained):
   assert 0.0 <= head_metrics["val_micro_f1"] <= 1.0
 
 
+def test_validation_generation_chooses_the_scored_checkpoint(trained):
+  config, workdir, _ = trained
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  validation = {r["step"]: r for r in records if "val_language/BLEU_4" in r}
+  assert sorted(validation) == [2, 4]
+  for r in validation.values():
+    assert 0 <= r["val_language/BLEU_4"] <= 1 and 0 <= r["val_clinical/micro14/f1"] <= 1
+  best = max(sorted(validation), key=lambda s: validation[s]["val_language/BLEU_4"])
+  step, rule = checkpointing.select_step(config, workdir, [2, 4])
+  assert step == best and rule.startswith("best validation val_language/BLEU_4")
+  info = json.loads((workdir / pathology_head.HEAD_DIR / "info.json").read_text())
+  assert info["step"] == best and info["step_rule"] == rule
+
+
 def test_eval_writes_reports_metrics_heatmaps_and_card(trained):
   config, workdir, _ = trained
   metrics = evaluate.evaluate(config, str(workdir))
@@ -46,12 +65,33 @@ def test_eval_writes_reports_metrics_heatmaps_and_card(trained):
   rows = [json.loads(l) for l in (out / "reports.jsonl").read_text().splitlines()]
   assert len(rows) == metrics["examples"] == 8
   assert {"generated", "reference", "predicted_pathologies", "predicted_regions",
-          "labels_generated", "labels_reference"} <= set(rows[0])
+          "labels_generated", "labels_reference", "scores"} <= set(rows[0])
+  protocol = metrics["protocol"]
+  assert protocol["checkpoint_step"] == metrics["step"] == checkpointing.select_step(
+      config, workdir, [2, 4])[0]
+  assert protocol["checkpoint_rule"].startswith("best validation val_language/BLEU_4")
+  assert protocol["lowercase"] is False and protocol["synthetic"] is True
+  # Every metric has a study-level interval (bookkeeping counts aside), and the stored
+  # per-study statistics reproduce every value.
+  scalars = {k for k, v in metrics.items() if isinstance(v, float)}
+  assert scalars == set(metrics["ci95"]), scalars ^ set(metrics["ci95"])
+  ids, groups = bootstrap.load(out / bootstrap.FILENAME)
+  assert list(ids) == [r["study_id"] for r in rows]
+  point = bootstrap.draws(groups, bootstrap.identity(len(ids)))
+  for k in scalars:
+    if not np.isnan(metrics[k]):
+      assert point[k][0] == pytest.approx(metrics[k], rel=1e-9, abs=1e-12), k
+      assert metrics["ci95"][k][0] <= metrics["ci95"][k][1], k
+  # reports.jsonl keeps per-study scores whose mean is the corpus figure where it is one.
+  rouge = [r["scores"]["language/ROUGE_L"] for r in rows]
+  assert np.mean(rouge) == pytest.approx(metrics["language/ROUGE_L"])
+  assert "uncertain_positive/micro14/f1" in "".join(metrics)
   assert all(len(r["labels_reference"]) == 14 for r in rows)
   saved = json.loads((out / "metrics.json").read_text())
   assert saved["protocol"]["labeler"] == "rules"  # the default labeler, named
   for key in ("language/BLEU_4", "language/METEOR", "language/ROUGE_L", "language/CIDEr",
               "clinical/micro14/f1", "clinical/micro5/f1", "clinical/example/f1",
+              "clinical/macro14/f1", "clinical/macro5/f1", "clinical/uncertain_positive/micro14/f1",
               "baseline_most_frequent/language/BLEU_4", "pathology_head/auroc_mean",
               "grounding/leaves/ours/miou", "grounding/leaves/random/miou",
               "grounding/leaves/cls_attention/pointing_game", "grounding/findings/ours/cnr",

@@ -14,17 +14,42 @@ from ssacl_jax.evaluation import (classification, clinical, grounding, language,
 # ----------------------------------------------------------------------------- language
 
 
-def test_preprocess_report_spaces_dots_lowercases_and_collapses():
+def test_preprocess_report_spaces_dots_and_collapses_keeping_case():
   text = "The heart is normal. No effusion.\n\n  Lines   OK. 1.5 cm.No"
-  # Only a space *before* '.' (SPEC 5), so a decimal or a missing space keeps its tail.
+  # Only a space *before* '.' (SPEC 5), so a decimal or a missing space keeps its tail;
+  # no lower-casing unless asked for (the release scores the text as it is).
   assert (language.preprocess_report(text) ==
+          "The heart is normal . No effusion . Lines OK . 1 .5 cm .No")
+  assert (language.preprocess_report(text, lowercase=True) ==
           "the heart is normal . no effusion . lines ok . 1 .5 cm .no")
   assert language.preprocess_report("") == ""
 
 
+def test_case_counts_unless_lowercased():
+  m = language.language_metrics(["The heart is normal."], ["the heart is normal."],
+                                with_meteor=False)
+  assert m["BLEU_1"] == pytest.approx(4 / 5)  # "The" does not match "the"
+  m = language.language_metrics(["The heart is normal."], ["the heart is normal."],
+                                with_meteor=False, lowercase=True)
+  assert m["BLEU_1"] == pytest.approx(1.0)
+
+
+def test_per_study_statistics_reproduce_coco_on_a_resample_with_duplicates():
+  gen = REPORTS[:2] + ["", "The heart size is normal. The heart size is normal."]
+  ref = REPORTS[:2] + [REPORTS[2], "Heart size normal. Lungs clear."]
+  stats = language.study_statistics(gen, ref)
+  for idx in ([0, 1, 2, 3], [0, 0, 3, 3], [1, 2, 2, 2]):
+    want = language.language_metrics([gen[i] for i in idx], [ref[i] for i in idx],
+                                     with_meteor=False)
+    w = np.bincount(idx, minlength=4).astype(float)
+    bleu = language.bleu_from_stats(w @ stats["bleu"])
+    np.testing.assert_allclose(bleu, [want[f"BLEU_{n}"] for n in range(1, 5)], rtol=1e-12)
+    assert language.cider_from_statistics(stats, w[None])[0] == pytest.approx(want["CIDEr"], rel=1e-12)
+
+
 def test_bleu1_hand_computed_brevity_penalty():
   # 5 candidate tokens all in the 6-token reference: precision 1, BP = exp(1 - 6/5).
-  m = language.language_metrics(["The heart is normal."], ["the heart size is normal."],
+  m = language.language_metrics(["the heart is normal."], ["the heart size is normal."],
                                 with_meteor=False)
   assert "METEOR" not in m
   assert m["BLEU_1"] == pytest.approx(math.exp(1 - 6 / 5), rel=1e-6)
@@ -120,15 +145,42 @@ def test_clinical_efficacy_hand_computed():
   # Among the five: tp Cardiomegaly; fp Edema, Atelectasis; fn Effusion, Edema.
   for m in ("precision", "recall", "f1"):
     assert ce[f"micro5/{m}"] == pytest.approx(1 / 3)
-  # Per example (P, R, F1): (1/2, 1/2, 1/2), (1, 1, 1), (1/3, 1/2, 2/5), both empty (1, 1, 1).
-  assert ce["example/precision"] == pytest.approx((0.5 + 1 + 1 / 3 + 1) / 4)
-  assert ce["example/recall"] == pytest.approx((0.5 + 1 + 0.5 + 1) / 4)
-  assert ce["example/f1"] == pytest.approx((0.5 + 1 + 0.4 + 1) / 4)
+  # Per example (P, R, F1): (1/2, 1/2, 1/2), (1, 1, 1), (1/3, 1/2, 2/5), and both sets
+  # empty scores (0, 0, 0), as in the release.
+  assert ce["example/precision"] == pytest.approx((0.5 + 1 + 1 / 3 + 0) / 4)
+  assert ce["example/recall"] == pytest.approx((0.5 + 1 + 0.5 + 0) / 4)
+  assert ce["example/f1"] == pytest.approx((0.5 + 1 + 0.4 + 0) / 4)
+  # Macro (sklearn's multilabel macro): per observation (P, R, F1), averaged. Scored
+  # observations: Cardiomegaly, No Finding, Support Devices (1, 1, 1); Edema (0, 0, 0);
+  # Atelectasis, Fracture (0 P with a false positive, R 0/0 -> 0); Effusion (P 0/0, R 0);
+  # the other 7 never predicted nor present: 0.
+  assert ce["macro14/precision"] == pytest.approx(3 / 14)
+  assert ce["macro14/recall"] == pytest.approx(3 / 14)
+  assert ce["macro14/f1"] == pytest.approx(3 / 14)
+  # The five: Cardiomegaly 1, Edema 0, Consolidation 0, Atelectasis 0, Effusion 0.
+  for m in ("precision", "recall", "f1"):
+    assert ce[f"macro5/{m}"] == pytest.approx(1 / 5)
   assert ce["Cardiomegaly/f1"] == 1.0 and ce["Support Devices/precision"] == 1.0
   assert ce["Edema/precision"] == 0.0 and ce["Edema/recall"] == 0.0
   assert ce["Atelectasis/precision"] == 0.0 and ce["Atelectasis/recall"] == 0.0
   assert ce["Pneumonia/f1"] == 0.0  # never predicted nor present: zero-denominator -> 0
-  assert len(ce) == 3 * (3 + anatomy.NUM_PATHOLOGIES)
+  assert len(ce) == 2 * 3 * (5 + anatomy.NUM_PATHOLOGIES)
+  # Uncertain = positive: the generated Edema (-1) and the reference Atelectasis (-1) are
+  # positive now, so ex 2 has tp Edema, Atelectasis, Support Devices; fp Fracture.
+  # tp 5 (+ Cardiomegaly, No Finding), fp 2 (Edema ex 0, Fracture), fn 1 (Effusion).
+  u = "uncertain_positive/"
+  assert ce[u + "micro14/precision"] == pytest.approx(5 / 7)
+  assert ce[u + "micro14/recall"] == pytest.approx(5 / 6)
+  # Among the five: tp Cardiomegaly, Edema, Atelectasis; fp Edema (ex 0); fn Effusion.
+  assert ce[u + "micro5/precision"] == pytest.approx(3 / 4)
+  assert ce[u + "micro5/recall"] == pytest.approx(3 / 4)
+  assert ce[u + "Atelectasis/f1"] == 1.0 and ce[u + "Edema/precision"] == 0.5
+  assert ce[u + "example/recall"] == pytest.approx((0.5 + 1 + 1 + 0) / 4)
+
+
+def test_example_based_empty_sets_score_zero():
+  ce = clinical.clinical_efficacy(_labels([{}], fill=0), _labels([{}], fill=-2))
+  assert (ce["example/precision"], ce["example/recall"], ce["example/f1"]) == (0, 0, 0)
 
 
 def test_example_based_one_sided_empty_sets_score_zero():
@@ -173,9 +225,17 @@ def test_auroc_perfect_inverted_and_uncertain_as_negative():
   assert np.isnan(classification.mean_auroc(s, np.zeros((4, 1))))
 
 
-def test_average_ranks():
-  np.testing.assert_allclose(classification.average_ranks(np.array([3., 1., 3., 2.])),
-                             [3.5, 1, 3.5, 2])
+def test_weighted_auroc_equals_auroc_of_repeated_examples():
+  rng = np.random.default_rng(7)
+  scores = rng.integers(0, 4, size=(9, 2)).astype(float)  # many ties
+  targets = rng.integers(0, 2, size=(9, 2))
+  weights = np.array([[1, 0, 2, 3, 0, 1, 1, 0, 1], [1] * 9, [0, 1, 0, 0, 0, 0, 0, 0, 0]])
+  got = classification.weighted_auroc(scores, targets, weights)
+  for b in range(2):
+    idx = np.repeat(np.arange(9), weights[b])
+    np.testing.assert_allclose(got[b], [_brute_force_auc(scores[idx, c], targets[idx, c] == 1)
+                                        for c in range(2)])
+  assert np.isnan(got[2]).all()  # one example: one class only
 
 
 def test_pick_thresholds_maximises_f1_and_handles_ties_and_no_positives():
@@ -271,11 +331,39 @@ def test_cnr_and_miou_hand_computed():
   assert grounding.cnr(heat, mask) == pytest.approx(0.75 / 0.25, rel=1e-9)
   assert grounding.cnr(10 * heat - 3, mask) == pytest.approx(3.0, rel=1e-9)  # affine-invariant
   heat = np.array([[0.0, 0.15, 0.35, 1.0]])
-  # IoU at .1 .2 .3 .4 .5: 2/3, 1, 1, 1/2, 1/2.
-  assert grounding.miou(heat, mask) == pytest.approx((2 / 3 + 1 + 1 + 0.5 + 0.5) / 5)
+  # On [-1, 1] (x * 2 - 1): [-1, -.7, -.3, 1]; above every threshold .1...5: the last
+  # pixel only, IoU 1/2 each.
+  assert grounding.miou(heat, mask) == pytest.approx(0.5)
+  heat = np.array([[0.0, 0.56, 0.64, 1.0]])  # [-1, .12, .28, 1] on [-1, 1]
+  # IoU at .1: 3 predicted vs box 2 -> 2/3; at .2: {.28, 1} = box -> 1; at .3 .4 .5: 1/2.
+  assert grounding.miou(heat, mask) == pytest.approx((2 / 3 + 1 + 0.5 * 3) / 5)
+  assert grounding.miou(heat, mask, thresholds=(0.1,)) == pytest.approx(2 / 3)
   assert np.isnan(grounding.cnr(heat, np.ones_like(mask)))
   assert np.isnan(grounding.miou(heat, np.zeros_like(mask)))
   assert grounding.cnr(np.ones((1, 4)), mask) == 0.0
+
+
+def test_signed_normalise_and_nearest_resize():
+  np.testing.assert_allclose(grounding.signed_normalise([[2.0, 3.0, 6.0]]), [[-1, -0.5, 1]])
+  np.testing.assert_array_equal(grounding.signed_normalise(np.ones((2, 2))), -np.ones((2, 2)))
+  a = np.array([[1.0, 2.0], [3.0, 4.0]])
+  np.testing.assert_array_equal(grounding.resize_nearest(a, (4, 6)),
+                                [[1, 1, 1, 2, 2, 2]] * 2 + [[3, 3, 3, 4, 4, 4]] * 2)
+  # Non-integer factor: output pixel i reads floor(i * 2 / 3).
+  np.testing.assert_array_equal(grounding.resize_nearest(a, (3, 3)),
+                                [[1, 1, 2], [1, 1, 2], [3, 3, 4]])
+  np.testing.assert_array_equal(grounding.smooth_and_resize(a, (4, 4), 0, "nearest"),
+                                np.kron(a, np.ones((2, 2))))
+  with pytest.raises(ValueError, match="resize"):
+    grounding.smooth_and_resize(a, (4, 4), resize="cubic")
+
+
+def test_pointing_game_counts_any_tied_maximum():
+  mask = np.array([[False, False, True]])
+  assert grounding.pointing_game(np.array([[5.0, 1.0, 5.0]]), mask) == 1.0  # 2nd maximum inside
+  assert grounding.pointing_game(np.array([[5.0, 1.0, 4.0]]), mask) == 0.0
+  assert grounding.pointing_game(np.ones((1, 3)), mask) == 1.0  # a constant map: all tied
+  assert grounding.pointing_game(np.ones((1, 3)), np.zeros_like(mask)) == 0.0
 
 
 def test_grounding_scores_aggregates_valid_pairs():
@@ -288,12 +376,15 @@ def test_grounding_scores_aggregates_valid_pairs():
   got = grounding.grounding_scores(maps, boxes, valid, (28, 28))
   pairs = [(0, 0), (0, 2), (1, 0), (1, 1)]
   mask = grounding.box_to_mask(boxes[0, 0], (28, 28))
-  heats = [grounding.smooth_and_resize(maps[i, j], (28, 28)) for i, j in pairs]
+  heats = [grounding.smooth_and_resize(maps[i, j], (28, 28), resize="nearest") for i, j in pairs]
   assert got["count"] == 4
   assert got["cnr"] == pytest.approx(np.mean([grounding.cnr(h, mask) for h in heats]))
   assert got["miou"] == pytest.approx(np.mean([grounding.miou(h, mask) for h in heats]))
   assert got["pointing_game"] == pytest.approx(
       np.mean([grounding.pointing_game(h, mask) for h in heats]))
+  per_pair = grounding.grounding_pair_scores(maps, boxes, valid, (28, 28))
+  np.testing.assert_array_equal(per_pair["example"], [0, 0, 1, 1])
+  assert per_pair["miou"][3] == pytest.approx(grounding.miou(heats[3], mask))
   none = grounding.grounding_scores(maps, boxes, np.zeros((2, 3), bool), (28, 28))
   assert none["count"] == 0 and np.isnan(none["miou"])
 

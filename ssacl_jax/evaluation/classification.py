@@ -19,29 +19,41 @@ def _check(scores, targets) -> tuple[np.ndarray, np.ndarray]:
   return scores, positive
 
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
-  """1-based ranks of a 1-D array, tied values sharing the mean of their ranks."""
-  order = np.argsort(x, kind="stable")
-  _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
-  ranks = np.empty(len(x), np.float64)
-  ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
-  return ranks
+def _weighted_auroc_1d(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+  """AUROC [B] of one class for each weighting [B, n] of the examples.
+
+  Mann-Whitney: every (positive, negative) pair counts w_pos * w_neg, 1 when the positive
+  scores higher and 1/2 on a tie, over (sum of positive w) (sum of negative w). Integer
+  weights give the AUROC of the sample with example i repeated w_i times (a bootstrap
+  resample). nan where a weighting leaves one class only.
+  """
+  order = np.argsort(scores, kind="stable")
+  s, pos, w = scores[order], positive[order], weights[:, order]
+  neg_w = np.where(pos, 0.0, w)
+  # Ties form contiguous runs of the sorted scores: negatives below a run, and within it.
+  starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+  run = np.cumsum(np.r_[True, s[1:] != s[:-1]]) - 1
+  below = np.concatenate([np.zeros((len(w), 1)), np.cumsum(neg_w, axis=1)], axis=1)
+  ends = np.r_[starts[1:], len(s)]
+  neg_below, neg_tied = below[:, starts], below[:, ends] - below[:, starts]
+  wins = (np.where(pos, w, 0.0) * (neg_below + 0.5 * neg_tied)[:, run]).sum(1)
+  n_pos, n_neg = np.where(pos, w, 0.0).sum(1), neg_w.sum(1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where((n_pos > 0) & (n_neg > 0), wins / (n_pos * n_neg), np.nan)
 
 
-def _auroc_1d(scores: np.ndarray, positive: np.ndarray) -> float:
-  """Mann-Whitney U / (n_pos n_neg); ties count one half. nan with one class only."""
-  n_pos = int(positive.sum())
-  n_neg = len(positive) - n_pos
-  if n_pos == 0 or n_neg == 0:
-    return float("nan")
-  rank_sum = average_ranks(scores)[positive].sum()
-  return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+def weighted_auroc(scores, targets, weights) -> np.ndarray:
+  """float64 [B, C] AUROC per class of each weighting [B, n] of the examples."""
+  scores, positive = _check(scores, targets)
+  weights = np.atleast_2d(np.asarray(weights, np.float64))
+  return np.stack([_weighted_auroc_1d(scores[:, c], positive[:, c], weights)
+                   for c in range(scores.shape[1])], axis=1)
 
 
 def auroc(scores, targets) -> np.ndarray:
-  """float64 [C] AUROC per class; nan for a class whose targets hold one label only."""
-  scores, positive = _check(scores, targets)
-  return np.array([_auroc_1d(scores[:, c], positive[:, c]) for c in range(scores.shape[1])])
+  """float64 [C] AUROC per class (ties count one half); nan for a class whose targets
+  hold one label only."""
+  return weighted_auroc(scores, targets, np.ones((1, len(np.asarray(scores)))))[0]
 
 
 def mean_auroc(scores, targets) -> float:
@@ -87,13 +99,17 @@ def f1_at_thresholds(scores, targets, thresholds) -> dict[str, np.ndarray | floa
   if thresholds.shape != (scores.shape[1],):
     raise ValueError(f"expected {scores.shape[1]} thresholds, got {thresholds.shape}")
   pred = scores >= thresholds
-  tp = (pred & positive).sum(0).astype(np.float64)
-  n_pred, n_pos = pred.sum(0), positive.sum(0)
-  precision, recall = _ratio(tp, n_pred), _ratio(tp, n_pos)
+  scores = f1_from_counts((pred & positive).sum(0), pred.sum(0), positive.sum(0))
+  return {k: v if np.ndim(v) else float(v) for k, v in scores.items()}
+
+
+def f1_from_counts(tp, n_pred, n_pos) -> dict[str, np.ndarray]:
+  """`f1_at_thresholds`'s scores of per-class counts [..., C] (leading axes kept)."""
+  tp, n_pred, n_pos = (np.asarray(x, np.float64) for x in (tp, n_pred, n_pos))
   f1 = _ratio(2 * tp, n_pred + n_pos)
-  micro = float(_ratio(2 * tp.sum(), n_pred.sum() + n_pos.sum()))
-  return {"precision": precision, "recall": recall, "f1": f1,
-          "macro_f1": float(f1.mean()), "micro_f1": micro}
+  return {"precision": _ratio(tp, n_pred), "recall": _ratio(tp, n_pos), "f1": f1,
+          "macro_f1": f1.mean(-1),
+          "micro_f1": _ratio(2 * tp.sum(-1), n_pred.sum(-1) + n_pos.sum(-1))}
 
 
 def _ratio(num, den) -> np.ndarray:

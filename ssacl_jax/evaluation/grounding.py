@@ -1,20 +1,23 @@
 """Scoring heat maps against boxes (SPEC 5: grounding).
 
 A heat map starts as attention over the patch grid [h, w]. `smooth_and_resize` smooths it
-with a Gaussian (sigma in patch units, 1.5 by default) and resizes it bilinearly to the
-image. Scores against a box mask [H, W]:
+with a Gaussian (sigma in patch units, 1.5 by default) and resizes it to the image:
+nearest-neighbour for scoring, as the release does (`grounding_scores`), bilinear for
+display (report card, predict). Scores against a box mask [H, W], as the release's
+evaluation code computes them (SPEC 5):
 
 - CNR = (mean inside - mean outside) / sqrt(var inside + var outside), signed (as SPEC 5
   writes it; a map brighter outside the box scores negative). CNR does not change under
   positive affine rescaling, so the map is min-max normalised first and a tiny epsilon
   (1e-12 on that [0, 1] scale) keeps a perfectly separating map finite (about 1e6).
-- mIoU: IoU of (min-max normalised map > t) with the box, averaged over thresholds
-  0.1, 0.2, 0.3, 0.4, 0.5.
-- pointing game: 1 when the map's maximum (np.argmax, the first one in row-major order
-  on ties) lies inside the box, else 0.
+- mIoU: the map is min-max normalised to [-1, 1] (to [0, 1], then times 2 minus 1), and
+  the IoU of (map > t) with the box is averaged over thresholds 0.1, 0.2, 0.3, 0.4, 0.5
+  (0.55..0.75 of the [0, 1] range).
+- pointing game: 1 when any of the map's maxima (all tied maxima count) lies inside the
+  box, else 0.
 
-A constant map normalises to all zeros: CNR 0, IoU 0, and its "maximum" is the top-left
-pixel.
+A constant map normalises to -1 everywhere: CNR 0 and IoU 0; every pixel is a tied
+maximum, so it points inside any non-empty box.
 """
 from __future__ import annotations
 
@@ -72,13 +75,30 @@ def resize_bilinear(a, hw: Sequence[int]) -> np.ndarray:
   return _bilinear_matrix(hw[0], a.shape[0]) @ a @ _bilinear_matrix(hw[1], a.shape[1]).T
 
 
-def smooth_and_resize(patch_map, image_hw: Sequence[int],
-                      sigma_patches: float = 1.5) -> np.ndarray:
-  """Patch-grid map [h, w] -> smoothed float64 map at image size [H, W]."""
+def resize_nearest(a, hw: Sequence[int]) -> np.ndarray:
+  """Nearest-neighbour resize of a 2-D array to (H, W): output pixel i reads input pixel
+  floor(i * n_in / n_out) (torch's interpolate(mode="nearest"))."""
+  a = np.asarray(a, np.float64)
+  rows = np.minimum(np.arange(hw[0]) * a.shape[0] // hw[0], a.shape[0] - 1)
+  cols = np.minimum(np.arange(hw[1]) * a.shape[1] // hw[1], a.shape[1] - 1)
+  return a[rows[:, None], cols[None, :]]
+
+
+RESIZERS = {"nearest": resize_nearest, "bilinear": resize_bilinear}
+
+
+def smooth_and_resize(patch_map, image_hw: Sequence[int], sigma_patches: float = 1.5,
+                      resize: str = "bilinear") -> np.ndarray:
+  """Patch-grid map [h, w] -> smoothed float64 map at image size [H, W].
+
+  resize: "bilinear" (display) or "nearest" (scoring, as the release does).
+  """
   patch_map = np.asarray(patch_map, np.float64)
   if patch_map.ndim != 2:
     raise ValueError(f"expected a 2-D patch map, got shape {patch_map.shape}")
-  return resize_bilinear(gaussian_smooth(patch_map, sigma_patches), image_hw)
+  if resize not in RESIZERS:
+    raise ValueError(f"resize {resize!r}: expected one of {sorted(RESIZERS)}")
+  return RESIZERS[resize](gaussian_smooth(patch_map, sigma_patches), image_hw)
 
 
 def minmax_normalise(heatmap) -> np.ndarray:
@@ -86,6 +106,11 @@ def minmax_normalise(heatmap) -> np.ndarray:
   h = np.asarray(heatmap, np.float64)
   span = h.max() - h.min()
   return (h - h.min()) / span if span > 0 else np.zeros_like(h)
+
+
+def signed_normalise(heatmap) -> np.ndarray:
+  """Map to [-1, 1] (min-max, then times 2 minus 1), as the release does before mIoU."""
+  return minmax_normalise(heatmap) * 2 - 1
 
 
 def box_to_mask(box: Sequence[float], hw: Sequence[int]) -> np.ndarray:
@@ -125,11 +150,11 @@ def cnr(heatmap, box_mask) -> float:
 
 
 def miou(heatmap, box_mask, thresholds: Sequence[float] = THRESHOLDS) -> float:
-  """Mean over thresholds of IoU(normalised map > t, box); nan for an empty box."""
+  """Mean over thresholds of IoU(map normalised to [-1, 1] > t, box); nan for an empty box."""
   heatmap, box_mask = _check_pair(heatmap, box_mask)
   if not box_mask.any():
     return float("nan")
-  h = minmax_normalise(heatmap)
+  h = signed_normalise(heatmap)
   ious = []
   for t in thresholds:
     pred = h > t
@@ -138,14 +163,38 @@ def miou(heatmap, box_mask, thresholds: Sequence[float] = THRESHOLDS) -> float:
 
 
 def pointing_game(heatmap, box_mask) -> float:
-  """1.0 when the map's (first) maximum lies inside the box, else 0.0."""
+  """1.0 when any of the map's (tied) maxima lies inside the box, else 0.0."""
   heatmap, box_mask = _check_pair(heatmap, box_mask)
-  return float(box_mask.flat[int(np.argmax(heatmap))])
+  return float((box_mask & (heatmap == heatmap.max())).any())
 
 
 def random_map(rng: np.random.Generator, grid_hw: Sequence[int]) -> np.ndarray:
   """Uniform random patch-grid map [h, w]: the chance baseline for grounding scores."""
   return rng.random(tuple(grid_hw))
+
+
+SCORES = ("cnr", "miou", "pointing_game")
+
+
+def grounding_pair_scores(maps, boxes, valid, image_hw: Sequence[int],
+                          sigma_patches: float = 1.5) -> dict[str, np.ndarray]:
+  """Per scored (example, item) pair: "example" (int index into maps), "cnr", "miou",
+  "pointing_game" (float [P] each). Arguments as in `grounding_scores`."""
+  maps, boxes = np.asarray(maps), np.asarray(boxes, np.float64)
+  valid = np.asarray(valid, bool)
+  if maps.ndim != 4 or boxes.shape != maps.shape[:2] + (4,) or valid.shape != maps.shape[:2]:
+    raise ValueError(f"expected maps [n, I, h, w], boxes [n, I, 4], valid [n, I]; got "
+                     f"{maps.shape}, {boxes.shape}, {valid.shape}")
+  rows = []
+  for i, j in zip(*np.nonzero(valid)):
+    mask = box_to_mask(boxes[i, j], image_hw)
+    if not mask.any():
+      continue
+    scores = map_scores(maps[i, j], mask, image_hw, sigma_patches)
+    rows.append((i, *(scores[k] for k in SCORES)))
+  table = np.asarray(rows, np.float64).reshape(-1, 1 + len(SCORES))
+  return {"example": table[:, 0].astype(np.int64),
+          **{k: table[:, 1 + c] for c, k in enumerate(SCORES)}}
 
 
 def grounding_scores(maps, boxes, valid, image_hw: Sequence[int],
@@ -154,30 +203,16 @@ def grounding_scores(maps, boxes, valid, image_hw: Sequence[int],
 
   maps: [n, I, h, w] patch-grid heat maps (an item is an anatomy region or a phrase);
   boxes: [n, I, 4] normalised (y0, x0, y1, x1); valid: [n, I] bool. Pairs whose box has
-  no area are skipped too. Each map is smoothed and resized to `image_hw` first.
-  Returns {"cnr", "miou", "pointing_game", "count"}; the means are nan when count is 0.
-  CNR is averaged over the pairs where it is defined (a box covering the whole image
-  has no outside).
+  no area are skipped too. Each map is smoothed and resized to `image_hw` (nearest
+  neighbour) first. Returns {"cnr", "miou", "pointing_game", "count"}; the means are nan
+  when count is 0. CNR is averaged over the pairs where it is defined (a box covering
+  the whole image has no outside).
   """
-  maps, boxes = np.asarray(maps), np.asarray(boxes, np.float64)
-  valid = np.asarray(valid, bool)
-  if maps.ndim != 4 or boxes.shape != maps.shape[:2] + (4,) or valid.shape != maps.shape[:2]:
-    raise ValueError(f"expected maps [n, I, h, w], boxes [n, I, 4], valid [n, I]; got "
-                     f"{maps.shape}, {boxes.shape}, {valid.shape}")
-  cnrs, mious, points = [], [], []
-  for i, j in zip(*np.nonzero(valid)):
-    mask = box_to_mask(boxes[i, j], image_hw)
-    if not mask.any():
-      continue
-    heat = smooth_and_resize(maps[i, j], image_hw, sigma_patches)
-    cnrs.append(cnr(heat, mask))
-    mious.append(miou(heat, mask))
-    points.append(pointing_game(heat, mask))
-  return {"cnr": _nanmean(cnrs), "miou": _nanmean(mious),
-          "pointing_game": _nanmean(points), "count": len(mious)}
+  pairs = grounding_pair_scores(maps, boxes, valid, image_hw, sigma_patches)
+  return {**{k: _nanmean(pairs[k]) for k in SCORES}, "count": len(pairs["example"])}
 
 
-def _nanmean(values: list[float]) -> float:
+def _nanmean(values) -> float:
   a = np.asarray(values, np.float64)
   a = a[~np.isnan(a)]
   return float(a.mean()) if a.size else float("nan")
@@ -200,8 +235,8 @@ def boxes_to_mask(boxes, hw: Sequence[int]) -> np.ndarray:
 def map_scores(patch_map, mask, image_hw: Sequence[int],
                sigma_patches: float = 1.5) -> dict[str, float]:
   """CNR, mIoU and pointing game of one patch-grid map against a box mask [H, W], the
-  map smoothed and resized as `grounding_scores` does for each of its pairs."""
-  heat = smooth_and_resize(patch_map, image_hw, sigma_patches)
+  map smoothed and resized nearest-neighbour, as the release scores (SPEC 5)."""
+  heat = smooth_and_resize(patch_map, image_hw, sigma_patches, resize="nearest")
   return {"cnr": cnr(heat, mask), "miou": miou(heat, mask),
           "pointing_game": pointing_game(heat, mask)}
 

@@ -48,6 +48,11 @@ def top_k(similarity, k: int) -> np.ndarray:
 
 def label_precision_at_k(similarity, report_labels, k: int) -> float:
   """Mean fraction of the top-k reports sharing a positive label with the query's report."""
+  return float(label_precision_per_query(similarity, report_labels, k).mean())
+
+
+def label_precision_per_query(similarity, report_labels, k: int) -> np.ndarray:
+  """float [n_img]: fraction of each query's top-k reports sharing a positive label."""
   s = _check_similarity(similarity)
   positive = np.asarray(report_labels) == 1
   if positive.ndim != 2 or positive.shape[0] != s.shape[1]:
@@ -55,17 +60,26 @@ def label_precision_at_k(similarity, report_labels, k: int) -> float:
   retrieved = positive[top_k(s, k)]  # [n_img, k, C]
   query = positive[:s.shape[0], None, :]
   relevant = (retrieved & query).any(-1)
-  return float(relevant.mean())
+  return relevant.mean(1)
+
+
+def per_query_scores(similarity, report_labels=None,
+                     recall_ks: Sequence[int] = RECALL_KS,
+                     precision_ks: Sequence[int] = PRECISION_KS) -> dict[str, np.ndarray]:
+  """Each query's share of `retrieval_metrics` (float [n_img] each): every metric is
+  their mean over the queries."""
+  ranks = true_match_ranks(similarity)
+  out = {f"recall@{k}": (ranks <= k).astype(np.float64) for k in recall_ks}
+  out["mrr"] = 1.0 / ranks
+  if report_labels is not None:
+    for k in precision_ks:
+      out[f"precision@{k}"] = label_precision_per_query(similarity, report_labels, k)
+  return out
 
 
 def retrieval_metrics(similarity, report_labels=None,
                       recall_ks: Sequence[int] = RECALL_KS,
                       precision_ks: Sequence[int] = PRECISION_KS) -> dict[str, float]:
   """{"recall@K", "mrr", and with report_labels [n_rep, C] also "precision@K"}."""
-  ranks = true_match_ranks(similarity)
-  out = {f"recall@{k}": float((ranks <= k).mean()) for k in recall_ks}
-  out["mrr"] = float((1.0 / ranks).mean())
-  if report_labels is not None:
-    for k in precision_ks:
-      out[f"precision@{k}"] = label_precision_at_k(similarity, report_labels, k)
-  return out
+  return {k: float(v.mean()) for k, v in
+          per_query_scores(similarity, report_labels, recall_ks, precision_ks).items()}
