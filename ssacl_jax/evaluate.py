@@ -6,8 +6,9 @@ Writes WORKDIR/eval/<split>/:
   metrics.json       language (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D), clinical efficacy,
                      pathology head AUROC/F1, grounding (ours and baselines), zero-shot,
                      retrieval, and the trivial baselines of the same evaluators
-  heatmaps/*.png     per-region overlays for a sample of studies
-  report_card.html   the sample side by side, metrics on top
+  heatmaps/*.png     per study: the image and its overlay per region and finding sentence
+  report_card.html   headline numbers, all metrics, a browser over the studies
+                     (config.eval.num_report_card of them; 0: all)
 """
 from __future__ import annotations
 
@@ -115,6 +116,7 @@ def collect(r: inference.Restored, split: str, head, cfg) -> dict:
         leaf_boxes=np.asarray(local["leaf_boxes"]), finding_boxes=np.asarray(local["finding_boxes"]),
         has_boxes=np.asarray(local["has_boxes"]), raw_image=np.asarray(local["raw_image"]),
         finding_valid=np.array([[bool(s) for s in row] for row in sentences]),
+        finding_sentences=np.array(sentences, object),
         image_emb=np.asarray(image_emb), report_emb=np.asarray(report_emb))
     for k, v in rows.items():
       out[k].append(v[valid] if len(v) == b else v)
@@ -184,7 +186,33 @@ def zero_shot_and_retrieval(r, res, text_fn) -> dict:
 
 
 # ----------------------------------------------------------------------------- outputs
-def write_outputs(out_dir: pathlib.Path, res, metrics, grid: int, cfg) -> None:
+def study_views(res, i: int, grid: int, out_dir: pathlib.Path) -> dict:
+  """Study i of the report card: its image at a readable size, an overlay per region and
+  per reference finding sentence (PNG files under heatmaps/, linked relative to the
+  card), the two reports and their labels."""
+  image = report_card.display_grey(res["raw_image"][i])
+  heat_dir = out_dir / "heatmaps"
+  base = heat_dir / f"{i:03d}_image.png"
+  report_card.save_grey_png(image, base)
+  named = [(region, res["anatomy_maps"][i, anatomy.NODE_INDEX[region]], region.replace(" ", "_"))
+           for region in anatomy.REGIONS]
+  named += [(f"finding: {sentence}", res["phrase_maps"][i, k], f"finding{k}")
+            for k, sentence in enumerate(res["finding_sentences"][i])
+            if res["finding_valid"][i, k]]
+  heat = {}
+  for caption, m, name in named:
+    path = heat_dir / f"{i:03d}_{name}.png"
+    report_card.overlay_png(image, grounding.smooth_and_resize(grid_maps(m, grid), image.shape), path)
+    heat[caption] = path.relative_to(out_dir).as_posix()
+  return dict(study_id=str(res["study_id"][i]), image=base.relative_to(out_dir).as_posix(),
+              heatmaps=heat, generated=str(res["generated"][i]),
+              reference=str(res["reference"][i]),
+              pathologies=anatomy.positive_pathologies(res["predicted"][i]),
+              labels_generated=res["gen_labels"][i], labels_reference=res["ref_labels"][i])
+
+
+def write_outputs(out_dir: pathlib.Path, res, metrics, grid: int, cfg,
+                  provenance: dict | None = None) -> None:
   out_dir.mkdir(parents=True, exist_ok=True)
   with open(out_dir / "reports.jsonl", "w") as f:
     for i in range(len(res["study_id"])):
@@ -198,22 +226,13 @@ def write_outputs(out_dir: pathlib.Path, res, metrics, grid: int, cfg) -> None:
           "labels_generated": res["gen_labels"][i].tolist(),
           "labels_reference": res["ref_labels"][i].tolist()}) + "\n")
   (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True, default=float))
-  studies = []
-  heat_dir = out_dir / "heatmaps"
-  heat_dir.mkdir(exist_ok=True)
-  for i in range(min(cfg.num_report_card, len(res["study_id"]))):
-    image = res["raw_image"][i]
-    heat = {}
-    for region in anatomy.REGIONS:
-      m = grid_maps(res["anatomy_maps"][i, anatomy.NODE_INDEX[region]], grid)
-      full = grounding.smooth_and_resize(m, image.shape)
-      path = heat_dir / f"{i:03d}_{region.replace(' ', '_')}.png"
-      report_card.overlay_png(image, full, path)
-      heat[region] = str(path.relative_to(out_dir))
-    studies.append(dict(study_id=str(res["study_id"][i]), image=image, heatmaps=heat,
-                        generated=str(res["generated"][i]), reference=str(res["reference"][i]),
-                        pathologies=", ".join(anatomy.positive_pathologies(res["predicted"][i])) or "none"))
-  report_card.write_report_card(out_dir / "report_card.html", metrics, studies)
+  (out_dir / "heatmaps").mkdir(exist_ok=True)
+  count = len(res["study_id"])
+  shown = min(cfg.num_report_card, count) if cfg.num_report_card else count
+  studies = [study_views(res, i, grid, out_dir) for i in range(shown)]
+  report_card.write_report_card(out_dir / "report_card.html", metrics, studies,
+                                title=f"SS-ACL report card: {cfg.split} split",
+                                provenance=provenance)
 
 
 def evaluate(config, workdir) -> dict:
@@ -247,7 +266,7 @@ def evaluate(config, workdir) -> dict:
   metrics.update(zero_shot_and_retrieval(r, res, inference.jit_method(r, _text_embeddings)))
   out_dir = pathlib.Path(workdir) / "eval" / cfg.split
   if jax.process_index() == 0:
-    write_outputs(out_dir, res, metrics, grid, cfg)
+    write_outputs(out_dir, res, metrics, grid, cfg, inference.provenance(r))
   summary = {k: v for k, v in metrics.items() if "/" not in k or k.count("/") == 1}
   print(json.dumps(summary, default=float), flush=True)
   print(f"report card: {out_dir / 'report_card.html'}", flush=True)
