@@ -83,6 +83,15 @@ def report_error(e: BaseException, show_traceback: bool) -> int:
   return EXIT_USAGE
 
 
+def call(main, argv, show_traceback: bool = False) -> int:
+  """main(argv); an expected failure printed as one error line. The exit status."""
+  try:
+    main(argv)
+  except expected_errors() as e:
+    return report_error(e, show_traceback)
+  return 0
+
+
 def run_app(main) -> None:
   """absl app.run(main) with --verbose/--traceback, quiet logs and one-line errors."""
   import os
@@ -91,18 +100,15 @@ def run_app(main) -> None:
   verbose = flags.DEFINE_bool("verbose", False, "INFO logs from JAX, Orbax, TFDS and absl, "
                               "and tracebacks with errors.")
   show = flags.DEFINE_bool("traceback", False, "Print the traceback of an expected error.")
-  wants_traceback = any(a in sys.argv for a in ("--verbose", "--traceback"))
   try:
     config_lib.check_overrides(sys.argv)
   except config_lib.ConfigError as e:
-    sys.exit(report_error(e, wants_traceback))
+    sys.exit(report_error(e, any(a in sys.argv for a in ("--verbose", "--traceback"))))
 
   def guarded(argv):
     quiet_logs(verbose.value)
-    try:
-      return main(argv)
-    except expected_errors() as e:
-      status = report_error(e, verbose.value or show.value)
+    status = call(main, argv, verbose.value or show.value)
+    if status:
       # Orbax and Grain threads still running would print pages of shutdown errors
       # ("Event loop is closed") under the one line; the message is out, so leave now.
       sys.stdout.flush()

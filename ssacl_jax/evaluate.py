@@ -266,7 +266,9 @@ def evaluate(config, workdir) -> dict:
   metrics.update(zero_shot_and_retrieval(r, res, inference.jit_method(r, _text_embeddings)))
   out_dir = pathlib.Path(workdir) / "eval" / cfg.split
   if jax.process_index() == 0:
-    write_outputs(out_dir, res, metrics, grid, cfg, inference.provenance(r))
+    about = dict(inference.provenance(r), **{"evaluated on": f"{cfg.split} split, "
+                                             f"{metrics['examples']} studies"})
+    write_outputs(out_dir, res, metrics, grid, cfg, about)
   summary = {k: v for k, v in metrics.items() if "/" not in k or k.count("/") == 1}
   print(json.dumps(summary, default=float), flush=True)
   print(f"report card: {out_dir / 'report_card.html'}", flush=True)

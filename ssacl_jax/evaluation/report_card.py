@@ -315,7 +315,13 @@ def _filters(studies_html: Sequence[str], labelled: bool) -> str:
           "<label>labels <select id='agreement'><option value=''>all studies</option>"
           "<option value='1'>generated agrees with reference</option>"
           "<option value='0'>generated disagrees</option></select></label> "
-          f"<span id='shown'>{len(studies_html)} studies</span></div>")
+          f"<span id='shown'>{len(studies_html)} studies</span><div class='legend'>Label chips "
+          "(CheXpert labels read from each report): <span class='chip positive'>positive</span>"
+          "<span class='chip negative'>negative</span><span class='chip uncertain'>uncertain"
+          "</span><span class='chip not-mentioned'>not mentioned</span>; &#10003; agrees, "
+          "<span class='chip disagree'>&#10007; disagrees</span> with the other report "
+          "(positive or not, as clinical efficacy counts). Click a thumbnail to overlay a "
+          "region's or a finding's heat map.</div></div>")
 
 
 _STYLE = (
@@ -328,6 +334,7 @@ _STYLE = (
     ".group td{background:#f0f0f0;font-weight:600}a.doc{font-size:.85em}"
     "details{margin:1em 0}table.metrics td{font-family:monospace;font-size:.85em}"
     ".filters{position:sticky;top:0;background:#fff;padding:.5em 0;border-bottom:2px solid #333}"
+    ".legend{font-size:.8em;color:#555;margin-top:.3em}"
     ".study{border-bottom:1px solid #bbb;padding:.5em 0}.study h2{font-size:1.1em}"
     ".body{display:flex;gap:1.5em;flex-wrap:wrap}.viewer img.main{width:384px;height:auto;"
     "display:block;image-rendering:auto}.views{display:flex;flex-wrap:wrap;gap:4px;"
