@@ -150,7 +150,8 @@ class Checkpointer:
 
   def _damaged(self, step: int, cause: Exception) -> DamagedCheckpointError:
     others = [s for s in self.all_steps() if s != step and self._readable(s)]
-    reason = (str(cause).splitlines() or [type(cause).__name__])[0][:160]
+    # The first line of the cause, without TensorStore's pages of spec.
+    reason = (str(cause).splitlines() or [type(cause).__name__])[0].split(" See full")[0][:160]
     return DamagedCheckpointError(
         f"checkpoint step {step} in {self.directory} is damaged ({reason}). Other steps: "
         f"{', '.join(map(str, others)) or 'none'}. Pick one with "

@@ -118,6 +118,27 @@ def test_predict_page_links_resolve_and_no_finding_is_exclusive(tmp_path):
       pathlib.Path("out/x"), pathlib.Path("out/x_2"), pathlib.Path("out/y")]
 
 
+def test_quiet_logs_keep_library_info_and_known_chatter_out():
+  import logging
+  names = ("", "absl", "orbax", "tensorflow_datasets")
+  levels = {n: logging.getLogger(n).level for n in names}
+  try:
+    cli.quiet_logs(verbose=False)
+    assert not any(logging.getLogger(n).isEnabledFor(logging.INFO) for n in names)
+    chatter = logging.LogRecord("absl", logging.WARNING, "", 0,
+                                "Using custom data configuration: %s", ("x",), None)
+    real = logging.LogRecord("absl", logging.WARNING, "", 0, "disk full", (), None)
+    handler = logging.getLogger().handlers[0] if logging.getLogger().handlers else None
+    from absl import logging as absl_logging
+    for h in filter(None, (handler, absl_logging.get_absl_handler())):
+      assert not h.filter(chatter) and h.filter(real)
+    cli.quiet_logs(verbose=True)
+    assert logging.getLogger("orbax").isEnabledFor(logging.INFO)
+  finally:
+    for n, level in levels.items():
+      logging.getLogger(n).setLevel(level)
+
+
 # ----------------------------------------------------------------------------- errors
 def one_error_line(e: BaseException) -> str:
   lines = cli.error_line(e).splitlines()
