@@ -22,14 +22,6 @@ import time
 # trains data-parallel over one fake device per core so every core works.
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={os.cpu_count()}")
 
-from absl import flags
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"),
-    "Config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Work directory.")
-
 
 # Seconds per unit of each stage on 2 CPU cores (README, "Demo results": warm start 199 s
 # for 1500 steps, training 403 s for 600, head 6 s, eval 30 s): the overall ETA's prior,
@@ -44,13 +36,11 @@ def eta_seconds(plan, done: int, elapsed: float) -> float:
   return speed * sum(expected[done:])
 
 
-def main(argv):
-  del argv
+def run(config, workdir) -> None:
+  """The four stages (three without a warm start), each announced with the time left."""
   import jax
   from ssacl_jax import config_lib, evaluate, pathology_head, train
-  config = _CONFIG.value
   config_lib.validate(config)
-  workdir = _WORKDIR.value
   stages = config_lib.warm_start_configs(config, workdir)
   config = stages[-1][0]
   plan = [("warm start", c.train.num_steps) for c, _ in stages[:-1]]
@@ -88,6 +78,17 @@ def main(argv):
         f"{card.resolve().as_uri()}")
 
 
-if __name__ == "__main__":
+def _cli() -> None:
+  """Flags are defined here, not at import, so importing this module defines none."""
+  from absl import flags
+  from ml_collections import config_flags
   from ssacl_jax import cli
-  cli.run_app(main)
+  config = config_flags.DEFINE_config_file(
+      "config", str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"),
+      "Config file.", lock_config=True)
+  workdir = flags.DEFINE_string("workdir", "runs/demo", "Work directory.")
+  cli.run_app(lambda argv: run(config.value, workdir.value))
+
+
+if __name__ == "__main__":
+  _cli()

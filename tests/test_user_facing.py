@@ -221,3 +221,22 @@ def test_cli_bad_variant_exits_2_with_one_line(tmp_path):
   assert out.stderr.strip().splitlines() == [
       "error: unknown config variant 'bogus' in 'bogus=1'; valid variants: batch, steps, "
       "warm_steps (e.g. configs/demo.py:steps=100)"]
+
+
+# ----------------------------------------------------------------------------- demo
+def test_demo_announces_each_stage_with_the_time_left(monkeypatch, capsys, tmp_path):
+  from ssacl_jax import demo
+  plan = [("warm start", 1500), ("training", 600), ("head", 1), ("eval", 1)]
+  assert demo.eta_seconds(plan, 0, 0.0) == pytest.approx(199 + 403 + 6 + 30)
+  assert demo.eta_seconds(plan, 1, 398.0) == pytest.approx(2 * (403 + 6 + 30))  # 2x slower
+  ran = []
+  monkeypatch.setattr(train, "train_and_evaluate", lambda c, w: ran.append(("train", w)))
+  monkeypatch.setattr(pathology_head, "train_head", lambda c, w: ran.append(("head", w)))
+  monkeypatch.setattr(evaluate, "evaluate", lambda c, w: ran.append(("eval", w)))
+  demo.run(config_lib.load_config_file("configs/demo.py"), str(tmp_path))
+  assert [k for k, _ in ran] == ["train", "train", "head", "eval"]
+  printed = capsys.readouterr().out.splitlines()
+  stages = [l.split(":")[0] for l in printed if l.startswith("[demo] stage")]
+  assert stages == [f"[demo] stage {k} of 4" for k in (1, 2, 3, 4)]
+  assert printed[0].startswith(f"[demo] data: synthetic_cxr in {os.path.abspath('data')}")
+  assert printed[-1].endswith((tmp_path / "eval" / "test" / "report_card.html").as_uri())
