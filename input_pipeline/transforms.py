@@ -113,7 +113,7 @@ def decode_image_bytes(data: bytes) -> np.ndarray:
   except BadRecord:
     raise
   except UnidentifiedImageError:  # its message shows a BytesIO object's address
-    raise BadRecord(f"not a PNG, JPEG or DICOM image ({len(data)} bytes)") from None
+    raise BadRecord(f"unreadable image ({len(data)} bytes): not a PNG, JPEG or DICOM file") from None
   except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files.
     raise BadRecord(f"unreadable image ({len(data)} bytes): {type(e).__name__}: {e}") from e
 

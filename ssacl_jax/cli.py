@@ -72,7 +72,7 @@ def error_line(e: BaseException) -> str:
   lines = [l for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
   if len(lines) == 1:
     return f"error: {lines[0]}"
-  return "\n".join(lines[1:-1] + [f"error: {lines[0].rstrip(':')}: {lines[-1]}"])
+  return "\n".join(lines[1:-1] + [f"error: {lines[0].rstrip(':')}: {lines[-1].strip()}"])
 
 
 def report_error(e: BaseException, show_traceback: bool) -> int:

@@ -46,8 +46,7 @@ def load_image(path) -> np.ndarray:
   try:
     return transforms.decode_image_bytes(path.read_bytes())
   except transforms.BadRecord as e:
-    raise ValueError(f"{path}: cannot read this image ({e}); expected a PNG, JPEG or DICOM "
-                     "chest radiograph") from e
+    raise ValueError(f"{path}: {e}") from e
 
 
 def read_images(paths) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
@@ -57,7 +56,7 @@ def read_images(paths) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
     try:
       images.append((path, load_image(path)))
     except (OSError, ValueError) as e:
-      errors.append(f"error: skipping {path}: {e}")
+      errors.append(f"error: skipping {e}")  # the message starts with the path
   return images, errors
 
 

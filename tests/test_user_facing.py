@@ -181,9 +181,8 @@ def test_path_and_image_errors_are_one_line(tmp_path):
   report_card.save_grey_png(np.zeros((4, 6), np.uint8), good)
   images, errors = predict.read_images([str(text), str(missing), str(good)])
   assert [p for p, _ in images] == [str(good)] and images[0][1].shape == (4, 6)
-  assert errors == [f"error: skipping {text}: {text}: cannot read this image (not a PNG, JPEG "
-                    "or DICOM image (12 bytes)); expected a PNG, JPEG or DICOM chest radiograph",
-                    f"error: skipping {missing}: {missing} does not exist"]
+  assert errors == [f"error: skipping {text}: unreadable image (12 bytes): not a PNG, JPEG "
+                    "or DICOM file", f"error: skipping {missing} does not exist"]
   assert predict.aspect_note(images[0][1], 32).startswith("the 6x4 image was resized to 32x32")
 
 
