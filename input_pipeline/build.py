@@ -51,9 +51,16 @@ def build_dataset(name: str, data_dir: str, manual_dir: str | None = None, **opt
   """Build (or reuse) data set `name` in data_dir; returns the prepared builder."""
   import tensorflow_datasets as tfds
   builder = make_builder(name, data_dir, **options)
+  if not sys.stderr.isatty():  # progress bars would leave escape codes in the logs
+    tfds.disable_progress_bar()
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
+
+
+def is_synthetic(name: str) -> bool:
+  """Whether data set `name` is generated (a demo set, not patients' images)."""
+  return builders.get_builder_class(name).SYNTHETIC
 
 
 def load_split(name: str, data_dir: str, split: str, **options):

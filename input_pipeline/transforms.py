@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from input_pipeline import tokenizers
 from ssacl_jax import anatomy
@@ -112,6 +112,8 @@ def decode_image_bytes(data: bytes) -> np.ndarray:
       return _pil_to_grey(img)
   except BadRecord:
     raise
+  except UnidentifiedImageError:  # its message shows a BytesIO object's address
+    raise BadRecord(f"unreadable image ({len(data)} bytes): not a PNG, JPEG or DICOM file") from None
   except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files.
     raise BadRecord(f"unreadable image ({len(data)} bytes): {type(e).__name__}: {e}") from e
 

@@ -125,6 +125,15 @@ def positive_pathologies(labels: Sequence[float]) -> tuple[str, ...]:
   return tuple(p for p, v in zip(PATHOLOGIES, labels) if v == 1)
 
 
+def no_finding_exclusive(labels) -> np.ndarray:
+  """Predicted labels [..., 14] made consistent as CheXpert labels are: "No Finding" is
+  positive exactly when no finding other than Support Devices is."""
+  labels = np.array(labels, copy=True)
+  findings = [i for i, p in enumerate(PATHOLOGIES) if p not in ("No Finding", "Support Devices")]
+  labels[..., PATHOLOGY_INDEX["No Finding"]] = ~(labels[..., findings] == 1).any(-1)
+  return labels
+
+
 def prompt_text(labels: Sequence[float]) -> str:
   """The pathology prompt of SPEC 3.6: positive names, lower case, comma separated."""
   return ", ".join(p.lower() for p in positive_pathologies(labels) if p != "No Finding")

@@ -5,6 +5,11 @@ atomic (Orbax writes to a temporary directory and renames it when complete, so a
 interrupted save is never restored). The last `max_to_keep` steps are kept, plus the
 best by the validation metric.
 
+A step whose files cannot be read (truncated, deleted, corrupted) fails as
+`DamagedCheckpointError`, naming the step and the other steps; nothing falls back to
+another step silently. Incomplete saves (Orbax's temporary directories, left by a killed
+run) are deleted when training resumes, and listed in `Checkpointer.discarded`.
+
 Restoring goes through an abstract target that carries the shardings of the current mesh,
 so a checkpoint written on one mesh restores onto another. The checkpoint's tree is
 compared to the model first: missing, extra or mis-shaped parameters are listed in the
@@ -21,6 +26,7 @@ import json
 import logging
 import math
 import pathlib
+import re
 
 import jax
 import orbax.checkpoint as ocp
@@ -31,6 +37,21 @@ from ssacl_jax import anatomy, sharding
 
 class CheckpointMismatchError(ValueError):
   pass
+
+
+class DamagedCheckpointError(RuntimeError):
+  pass
+
+
+_INCOMPLETE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+
+
+def incomplete_steps(directory) -> list[int]:
+  """Steps whose save never finished: Orbax's temporary directories under `directory`."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(m.group(1)) for p in directory.iterdir() if (m := _INCOMPLETE.match(p.name)))
 
 
 @dataclasses.dataclass
@@ -78,6 +99,7 @@ class Checkpointer:
   def __init__(self, workdir, config, *, read_only: bool = False):
     ck = config.checkpoint
     self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    self.discarded = [] if read_only else incomplete_steps(self.directory)  # deleted below
     policies = [cm.LatestN(ck.max_to_keep)]
     if ck.best_metric:
       policies.append(cm.BestN(get_metric_fn=lambda m: m[ck.best_metric],
@@ -123,6 +145,32 @@ class Checkpointer:
     return ocp.StandardCheckpointer().metadata(path).item_metadata
 
   def restore(self, step: int, abstract_state, data_iterator=None, *, params_only=False):
+    """`_restore` (below), a failure to read the step's files reported as damage."""
+    try:
+      return self._restore(step, abstract_state, data_iterator, params_only=params_only)
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:
+      raise self._damaged(step, e) from e
+
+  def _damaged(self, step: int, cause: Exception) -> DamagedCheckpointError:
+    others = [s for s in self.all_steps() if s != step and self._readable(s)]
+    # The first line of the cause, without TensorStore's pages of spec.
+    reason = (str(cause).splitlines() or [type(cause).__name__])[0].split(" See full")[0][:160]
+    return DamagedCheckpointError(
+        f"checkpoint step {step} in {self.directory} is damaged ({reason}). Other steps: "
+        f"{', '.join(map(str, others)) or 'none'}. Pick one with "
+        "--config.eval.checkpoint_step=N (eval; predict: --step N), or move "
+        f"{self.directory / str(step)} away to resume training from the one before.")
+
+  def _readable(self, step: int) -> bool:
+    try:
+      self.checkpoint_tree(step)
+      return True
+    except Exception:  # any failure to read the metadata: not offered as intact
+      return False
+
+  def _restore(self, step: int, abstract_state, data_iterator=None, *, params_only=False):
     """Restore `step` into the shardings of `abstract_state` (ShapeDtypeStructs with shardings).
 
     Returns the restored state; with params_only, {"params": ...} only. When the stored

@@ -39,7 +39,8 @@ def parse_arg(arg: str | None, **defaults):
   for item in filter(None, (arg or "").split(",")):
     name, _, raw = item.partition("=")
     if name not in values:
-      raise KeyError(f"unknown config variant {name!r}; valid: {', '.join(sorted(values.keys()))}")
+      raise ConfigError(f"unknown config variant {name!r} in {arg!r}; valid variants: "
+                        f"{', '.join(sorted(values.keys()))} (e.g. configs/demo.py:steps=100)")
     if not raw:
       values[name] = True
       continue
@@ -47,7 +48,11 @@ def parse_arg(arg: str | None, **defaults):
       value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
       value = raw
-    values[name] = type(values[name])(value) if values[name] is not None else value
+    try:
+      values[name] = type(values[name])(value) if values[name] is not None else value
+    except (TypeError, ValueError):
+      raise ConfigError(f"config variant {name}={raw!r}: expected a "
+                        f"{type(values[name]).__name__}, like {name}={values[name]!r}") from None
   return values
 
 
@@ -155,7 +160,7 @@ def base_config() -> ml_collections.ConfigDict:
   e.batch_size = 16
   e.max_examples = 0           # 0: whole split
   e.pathology_source = "head"  # or "oracle_reference_labels": the reference report's labels
-  e.num_report_card = 8        # studies shown (with heat maps) in report_card.html
+  e.num_report_card = 0        # studies in report_card.html's browser (0: every one)
   e.labeler = "rules"          # clinical-efficacy labeler: "rules" or "chexbert" (SPEC 5)
   e.chexbert_checkpoint = ""   # the user's chexbert.pth, for labeler "chexbert"
   e.chexbert_vocab = ""        # the bert-base-uncased vocab.txt it was trained with
@@ -353,18 +358,6 @@ def check_overrides(argv, flag: str = "config") -> None:
         raise ConfigError(f"unknown config key {'.'.join(path)!r} in {arg!r}: {where} has "
                           f"no {key!r}; valid keys there: {', '.join(valid) or '(none)'}")
       node = node[key]
-
-
-def run_app(main) -> None:
-  """absl app.run(main) after checking --config.* overrides (exit 2 naming a bad key)."""
-  import sys
-  from absl import app
-  try:
-    check_overrides(sys.argv)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2)
-  app.run(main)
 
 
 def pod_config(arg, *, fsdp: int, num_workers: int, eval_batch_size: int):

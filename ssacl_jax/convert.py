@@ -697,7 +697,7 @@ def _cli() -> None:
   import sys
   from absl import flags
   from ml_collections import config_flags
-  from ssacl_jax import config_lib
+  from ssacl_jax import cli
   config_flag = config_flags.DEFINE_config_file("config", None, "configs/X.py[:variants]; "
                                                 "fields overridden with --config.a.b=v")
   kind = flags.DEFINE_enum("kind", None, KINDS, "What --src holds.")
@@ -722,7 +722,7 @@ def _cli() -> None:
       print(f"error: {e}", file=sys.stderr)
       raise SystemExit(1)
 
-  config_lib.run_app(main)
+  cli.run_app(main)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ WORKDIR/eval/<split>/:
                      (every number: docs/EVALUATION.md)
   per_study.npz      the per-study statistics the intervals are computed from
                      (`python -m ssacl_jax.compare` reads it)
-  heatmaps/*.png     per-region overlays for a sample of studies
-  report_card.html   the sample side by side, metrics on top
+  heatmaps/*.png     per study: the image and its overlay per region and finding sentence
+  report_card.html   headline numbers, all metrics, a browser over the studies
+                     (config.eval.num_report_card of them; 0: all)
 
 With eval.dataset a phrase grounding set (ms_cxr), `phrase_grounding` scores only that, into
 WORKDIR/eval/<dataset>/<split>/ (metrics.json, phrases.jsonl).
@@ -156,6 +157,7 @@ def collect(r: inference.Restored, split: str, head, cfg) -> dict:
         leaf_boxes=np.asarray(local["leaf_boxes"]), finding_boxes=np.asarray(local["finding_boxes"]),
         has_boxes=np.asarray(local["has_boxes"]), raw_image=np.asarray(local["raw_image"]),
         finding_valid=np.array([[bool(s) for s in row] for row in sentences]),
+        finding_sentences=np.array(sentences, object),
         image_emb=np.asarray(image_emb), report_emb=np.asarray(report_emb))
     for k, v in rows.items():
       out[k].append(v[valid] if len(v) == b else v)
@@ -285,7 +287,33 @@ def protocol(config, r: inference.Restored, labeler_name: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- outputs
-def write_outputs(out_dir: pathlib.Path, res, metrics, scores: Scores, grid: int, cfg) -> None:
+def study_views(res, i: int, grid: int, out_dir: pathlib.Path) -> dict:
+  """Study i of the report card: its image at a readable size, an overlay per region and
+  per reference finding sentence (PNG files under heatmaps/, linked relative to the
+  card), the two reports and their labels."""
+  image = report_card.display_grey(res["raw_image"][i])
+  heat_dir = out_dir / "heatmaps"
+  base = heat_dir / f"{i:03d}_image.png"
+  report_card.save_grey_png(image, base)
+  named = [(region, res["anatomy_maps"][i, anatomy.NODE_INDEX[region]], region.replace(" ", "_"))
+           for region in anatomy.REGIONS]
+  named += [(f"finding: {sentence}", res["phrase_maps"][i, k], f"finding{k}")
+            for k, sentence in enumerate(res["finding_sentences"][i])
+            if res["finding_valid"][i, k]]
+  heat = {}
+  for caption, m, name in named:
+    path = heat_dir / f"{i:03d}_{name}.png"
+    report_card.overlay_png(image, grounding.smooth_and_resize(grid_maps(m, grid), image.shape), path)
+    heat[caption] = path.relative_to(out_dir).as_posix()
+  return dict(study_id=str(res["study_id"][i]), image=base.relative_to(out_dir).as_posix(),
+              heatmaps=heat, generated=str(res["generated"][i]),
+              reference=str(res["reference"][i]),
+              pathologies=anatomy.positive_pathologies(res["predicted"][i]),
+              labels_generated=res["gen_labels"][i], labels_reference=res["ref_labels"][i])
+
+
+def write_outputs(out_dir: pathlib.Path, res, metrics, scores: Scores, grid: int, cfg,
+                  provenance: dict | None = None) -> None:
   out_dir.mkdir(parents=True, exist_ok=True)
   with open(out_dir / "reports.jsonl", "w") as f:
     for i in range(len(res["study_id"])):
@@ -301,22 +329,13 @@ def write_outputs(out_dir: pathlib.Path, res, metrics, scores: Scores, grid: int
           "scores": {k: _json_float(v[i]) for k, v in sorted(scores.per_study.items())}}) + "\n")
   (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True, default=float))
   bootstrap.save(out_dir / bootstrap.FILENAME, res["study_id"], scores.groups)
-  studies = []
-  heat_dir = out_dir / "heatmaps"
-  heat_dir.mkdir(exist_ok=True)
-  for i in range(min(cfg.num_report_card, len(res["study_id"]))):
-    image = res["raw_image"][i]
-    heat = {}
-    for region in anatomy.REGIONS:
-      m = grid_maps(res["anatomy_maps"][i, anatomy.NODE_INDEX[region]], grid)
-      full = grounding.smooth_and_resize(m, image.shape)
-      path = heat_dir / f"{i:03d}_{region.replace(' ', '_')}.png"
-      report_card.overlay_png(image, full, path)
-      heat[region] = str(path.relative_to(out_dir))
-    studies.append(dict(study_id=str(res["study_id"][i]), image=image, heatmaps=heat,
-                        generated=str(res["generated"][i]), reference=str(res["reference"][i]),
-                        pathologies=", ".join(anatomy.positive_pathologies(res["predicted"][i])) or "none"))
-  report_card.write_report_card(out_dir / "report_card.html", metrics, studies)
+  (out_dir / "heatmaps").mkdir(exist_ok=True)
+  count = len(res["study_id"])
+  shown = min(cfg.num_report_card, count) if cfg.num_report_card else count
+  studies = [study_views(res, i, grid, out_dir) for i in range(shown)]
+  report_card.write_report_card(out_dir / "report_card.html", metrics, studies,
+                                title=f"SS-ACL report card: {cfg.split} split",
+                                provenance=provenance)
 
 
 def make_labeler(cfg, batch_sharding):
@@ -368,7 +387,9 @@ def evaluate(config, workdir) -> dict:
     metrics["ci95"] = bootstrap.confidence_intervals(scores.groups, n, cfg.bootstrap_resamples)
   out_dir = pathlib.Path(workdir) / "eval" / cfg.split
   if jax.process_index() == 0:
-    write_outputs(out_dir, res, metrics, scores, grid, cfg)
+    about = dict(inference.provenance(r), **{"evaluated on": f"{cfg.split} split, "
+                                             f"{metrics['examples']} studies"})
+    write_outputs(out_dir, res, metrics, scores, grid, cfg, about)
   summary = {k: v for k, v in metrics.items()
              if k != "ci95" and ("/" not in k or k.count("/") == 1)}
   print(json.dumps(summary, default=float), flush=True)

@@ -67,6 +67,14 @@ def restore(config, workdir, *, step: int | str | None = None) -> Restored:
                   NamedSharding(mesh, sharding.batch_spec(config)), rule)
 
 
+def provenance(r: Restored) -> dict:
+  """What every output of a model says about it: its training data set and step."""
+  from input_pipeline import build
+  dataset = r.config.data.dataset
+  return {"trained on": dataset, "synthetic": build.is_synthetic(dataset),
+          "checkpoint step": r.step}
+
+
 def gather(tree):
   """Per-process outputs -> the same full arrays on every process (numpy)."""
   if jax.process_count() == 1:

@@ -37,16 +37,18 @@ def initialize_hosts() -> None:
 
 def main(argv):
   del argv
-  from ssacl_jax import config_lib, train
-  logging.getLogger().setLevel(logging.INFO)
+  from ssacl_jax import cli, config_lib, train
   initialize_hosts()
   config = _CONFIG.value
   config_lib.validate(config)
   mode, finetuning = _MODE.value, config.get("task", "ssacl") == "finetune"
   if finetuning != (mode == "finetune") and not (finetuning and mode == "eval"):
-    raise SystemExit(f"error: --mode {mode} does not fit config.task={config.get('task')!r}: "
-                     "fine-tuning configs (configs/finetune_*.py) run with --mode finetune "
-                     "or eval, pretraining configs with train, head or eval")
+    raise config_lib.ConfigError(
+        f"--mode {mode} does not fit config.task={config.get('task')!r}: fine-tuning configs "
+        "(configs/finetune_*.py) run with --mode finetune or eval, pretraining configs with "
+        "train, head or eval")
+  cli.say(f"data: {config.data.dataset} in {os.path.abspath(config.data.data_dir)} "
+          "(set with --config.data.data_dir)")
   if finetuning:
     from ssacl_jax import finetune
     if mode == "finetune":
@@ -64,8 +66,8 @@ def main(argv):
 
 
 def run():
-  from ssacl_jax import config_lib
-  config_lib.run_app(main)
+  from ssacl_jax import cli
+  cli.run_app(main)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ TensorFlow), and a progress line. Other processes write nothing."""
 from __future__ import annotations
 
 import json
-import logging
 import pathlib
 import time
 
@@ -14,6 +13,10 @@ import numpy as np
 def _scalar(v):
   v = np.asarray(v)
   return v.item() if v.size == 1 else v.tolist()
+
+
+def _losses(metrics: dict) -> str:
+  return " ".join(f"{k}={float(np.asarray(v)):.4f}" for k, v in metrics.items())
 
 
 class MetricWriter:
@@ -55,10 +58,13 @@ class MetricWriter:
       rate = (f" | {examples_per_step / per_step:.1f} ex/s {per_step:.3f} s/step "
               f"{left / 60:.1f} min left")
     if self.active:
-      losses = " ".join(f"{k}={float(np.asarray(v)):.4f}" for k, v in metrics.items()
-                        if k.startswith("loss"))
-      logging.info("step %d/%d %s%s", step, self.total_steps, losses, rate)
+      losses = _losses({k: v for k, v in metrics.items() if k.startswith("loss")})
       print(f"step {step}/{self.total_steps} {losses}{rate}", flush=True)
+
+  def validation(self, step: int, metrics: dict):
+    """Print the validation losses of `step` (one line)."""
+    if self.active:
+      print(f"validation at step {step}: {_losses(metrics)}", flush=True)
 
   def close(self):
     if self.active:

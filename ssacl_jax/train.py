@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssacl_jax import checkpointing, config_lib, data as data_lib, optim, pretrained, sharding
+from ssacl_jax import checkpointing, cli, config_lib, data as data_lib, optim, pretrained, sharding
 from ssacl_jax.metric_writers import MetricWriter
 from ssacl_jax.models import ssacl
 
@@ -335,8 +335,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt = checkpointing.Checkpointer(workdir, config)
   state = setup.init_fn(jax.random.key(t.seed))
   start = ckpt.latest_step()
+  discarded = (f" (discarded incomplete checkpoint {', '.join(map(str, ckpt.discarded))})"
+               if ckpt.discarded else "")
   if start is not None:
-    logging.info("resuming from %s/%d", ckpt.directory, start)
+    cli.say(f"resuming from step {start} in {ckpt.directory}{discarded}")
     restored = ckpt.restore(start, setup.abstract_state, data.train_iterator)
     if set(restored) == {"params"}:  # partial restore: the rest stays freshly initialised
       state = dict(state, params=checkpointing.merge_params(state["params"], restored["params"]))
@@ -345,6 +347,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   elif pretrained.requested(config):  # a fresh run: start from config.init's weights
     state = dict(state, params=pretrained.load_initial_params(
         config, setup.abstract_state["params"], state["params"]))
+  if start is None and discarded:
+    cli.say(f"starting from step 0{discarded}")
   start = int(state["step"])
 
   # Update step and validation.
@@ -381,6 +385,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if t.eval_every_steps and (step % t.eval_every_steps == 0 or step == t.num_steps):
         val = validate(state)
         writer.write(step, val)
+        writer.validation(step, val)
         last.update(val)
         save_metrics = {config.checkpoint.best_metric: val.get(config.checkpoint.best_metric, 0.0)} \
             if config.checkpoint.best_metric in val else None

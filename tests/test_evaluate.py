@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from ssacl_jax import anatomy, checkpointing, evaluate, pathology_head, train
+from ssacl_jax import anatomy, checkpointing, evaluate, pathology_head, predict, train
 from ssacl_jax.evaluation import bootstrap
 from test_train import config_for
 
@@ -99,9 +99,11 @@ def test_eval_writes_reports_metrics_heatmaps_and_card(trained):
     assert key in saved, key
   # the most frequent training report, scored against itself where it occurs, is a real baseline
   assert 0 <= saved["baseline_most_frequent/language/BLEU_1"] <= 1
-  assert len(list((out / "heatmaps").glob("*.png"))) == 3 * len(anatomy.REGIONS)
+  for region in anatomy.REGIONS:  # num_report_card = 3 of the 8 studies in the browser
+    assert len(list((out / "heatmaps").glob(f"*_{region.replace(' ', '_')}.png"))) == 3
   card = (out / "report_card.html").read_text()
   assert "language/BLEU_4" in card and rows[0]["study_id"] in card
+  assert card.count("class='study'") == 3 and "checkpoint step</b>: 4" in card
 
 
 def test_oracle_labels_option_uses_the_reference_labels(trained):
@@ -118,28 +120,48 @@ def test_oracle_labels_option_uses_the_reference_labels(trained):
 
 
 def test_predict_on_real_radiographs(trained, shared_data, tmp_path):
+  """From another directory with a relative --out, unreadable files skipped, exit 2."""
+  from test_user_facing import assert_links_resolve
   _, workdir, _ = trained
   images = sorted((shared_data / "real_cxr" / "cc_by").glob("*.jpg"))[:2]
   images += sorted((shared_data / "real_cxr" / "cc_by").glob("*.png"))[:1]
   images += sorted((shared_data / "real_cxr" / "nih").glob("*.png"))[:1]
-  cmd = [sys.executable, "-m", "ssacl_jax.predict", "--workdir", str(workdir), "--out", str(tmp_path),
-         "--phrase", "left pleural effusion"] + [f"--image={p}" for p in images]
-  out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
-                       env={**__import__("os").environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
-  assert out.returncode == 0, out.stderr[-3000:]
+  (tmp_path / "notes.png").write_text("not an image")
+  bad = [tmp_path / "notes.png", tmp_path / "missing.png"]
+  cmd = [sys.executable, "-m", "ssacl_jax.predict", "--workdir", str(workdir), "--out", "rel/out",
+         "--phrase", "left pleural effusion"] + [f"--image={p}" for p in bad[:1] + images + bad[1:]]
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                       env={**__import__("os").environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+                            "PYTHONPATH": str(ROOT)})
+  assert out.returncode == 2, out.stderr[-3000:]
+  errors = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
+  assert errors == [f"error: skipping {bad[0]}: unreadable image (12 bytes): not a PNG, JPEG "
+                    "or DICOM file", f"error: skipping {bad[1]} does not exist",
+                    f"error: skipped 2 of {len(images) + 2} images (named above); pass PNG, "
+                    "JPEG or DICOM files"]
+  assert "Traceback" not in out.stderr
   assert out.stdout.count("report:") == len(images)
+  assert out.stdout.splitlines()[:2] == ["model: trained on synthetic_cxr, checkpoint step 4",
+                                         predict.DEMO_WARNING]
+  moved = tmp_path / "moved"
+  (tmp_path / "rel").rename(moved)
   for image in images:
-    result = json.loads((tmp_path / image.stem / "prediction.json").read_text())
+    result = json.loads((moved / "out" / image.stem / "prediction.json").read_text())
     assert isinstance(result["report"], str) and result["pathology_head"]
+    assert result["warning"] == predict.DEMO_WARNING and result["trained_on"] == "synthetic_cxr"
+    assert "No Finding" not in result["pathologies"] or not set(result["pathologies"]) - {
+        "No Finding", "Support Devices"}
     assert len(result["heatmaps"]) == len(anatomy.REGIONS) + 1
-    assert (tmp_path / image.stem / "index.html").is_file()
+    page = moved / "out" / image.stem / "index.html"
+    assert assert_links_resolve(page) == 2 * (len(anatomy.REGIONS) + 2) + 1
+    assert predict.DEMO_WARNING.split(":")[0] in page.read_text().lower()
 
 
 def test_predict_rejects_a_corrupt_image(trained, tmp_path):
   from ssacl_jax import predict
   bad = tmp_path / "bad.png"
   bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
-  with pytest.raises(ValueError, match="cannot read this image"):
+  with pytest.raises(ValueError, match="bad.png: unreadable image"):
     predict.load_image(bad)
   with pytest.raises(FileNotFoundError):
     predict.load_image(tmp_path / "missing.png")

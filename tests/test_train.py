@@ -40,10 +40,18 @@ def test_metrics_and_checkpoints_are_written(uninterrupted):
   assert any((uninterrupted / "tensorboard").iterdir())
 
 
-def test_resume_continues_identically(uninterrupted, tiny_data_dir, tmp_path):
+def test_resume_continues_identically(uninterrupted, tiny_data_dir, tmp_path, capfd):
   train.train_and_evaluate(config_for(tiny_data_dir, stop_at_step=3), str(tmp_path))
   assert sorted(read_metrics(tmp_path)) == [1, 2, 3]
+  incomplete = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1"  # a killed save
+  incomplete.mkdir()
+  capfd.readouterr()
   train.train_and_evaluate(config_for(tiny_data_dir), str(tmp_path))  # resumes from step 3
+  printed = capfd.readouterr().out.splitlines()  # one line per event, nothing twice
+  assert printed[0] == (f"resuming from step 3 in {tmp_path / 'checkpoints'} "
+                        "(discarded incomplete checkpoint 4)")
+  assert [l.split(" ")[:2] for l in printed[1:]] == [["step", "4/6"], ["step", "5/6"], ["step", "6/6"]]
+  assert not incomplete.exists()
   want, got = read_metrics(uninterrupted), read_metrics(tmp_path)
   assert sorted(got) == [1, 2, 3, 4, 5, 6]
   for step in (4, 5, 6):

@@ -41,6 +41,15 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   undeclared `importlib_resources` package for any builder that lives in a package.
   """
   code_path = None
+  SYNTHETIC = False   # True for the generated sets: outputs then say "demo, not clinical"
+
+  # TFDS's own wording says "Downloading", though ours read local files only.
+  def _log_download_bytes(self) -> None:
+    print(f"building data set {self.name} ({self.builder_config.name}) in {self.data_dir} "
+          "from local files (nothing is downloaded)", flush=True)
+
+  def _log_download_done(self) -> None:
+    print(f"built data set {self.name} in {self.data_dir}", flush=True)
 
 
 # ---------------------------------------------------------------------------- images

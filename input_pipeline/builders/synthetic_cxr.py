@@ -45,6 +45,7 @@ class SyntheticCxr(common.Builder):
   """Deterministic synthetic frontal chest radiographs with reports, labels and boxes."""
 
   VERSION = tfds.core.Version("1.0.0")
+  SYNTHETIC = True
   RELEASE_NOTES = {"1.0.0": "First release."}
   BUILDER_CONFIGS = [SyntheticCxrConfig(name="default")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Nothing to download: the examples are generated."

@@ -52,6 +52,7 @@ def stored_example(seed: int, split: str, index: int, image_size: int) -> dict:
 class SyntheticFinetune(common.Builder):
   """Synthetic radiographs with 14 finding labels and finding-box masks."""
   VERSION = tfds.core.Version("1.0.0")
+  SYNTHETIC = True
   RELEASE_NOTES = {"1.0.0": "First release."}
   BUILDER_CONFIGS = [SyntheticCxrConfig(name="default")]  # the same options as synthetic_cxr
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Nothing to download: the examples are generated."
