@@ -358,7 +358,7 @@ def evaluate(config, workdir) -> dict:
   cfg = config.eval
   if cfg.get("dataset") in builders.PHRASE_GROUNDING:
     return phrase_grounding(config, workdir)
-    r = inference.restore(config, workdir, step=str(cfg.step))
+  r = inference.restore(config, workdir, step=str(cfg.step))
   head = None
   if cfg.pathology_source == HEAD:
     head = pathology_head.load_head(workdir)
