@@ -1,7 +1,7 @@
-"""The optimizer of SPEC 6 with optax: AdamW (0.9, 0.95), decay masked off biases, norms,
-positions and scales; warm-up then half-cycle cosine; the report decoder at a fraction
-of the learning rate; optional global-norm clipping; top-level parameter groups named in
-`optim.freeze` never change (linear probing freezes `image_encoder`).
+"""The optimizer of SPEC 6 with optax: AdamW (0.9, 0.95) with the release's weight-decay
+rule; warm-up then half-cycle cosine; the report decoder at a fraction of the learning
+rate; optional global-norm clipping; top-level parameter groups named in `optim.freeze`
+never change (linear probing freezes `image_encoder`).
 """
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ import optax
 
 from ssacl_jax import layers
 
-# Parameter names that never decay besides 1-D/0-D ones (position tables).
-NO_DECAY_NAMES = ("pos_embed", "wpe", "type_embed")
+# The release decays every trainable tensor except the 1-D ones and the biases
+# (`add_weight_decay` in its main_pretrain.py): LayerNorm scales and biases are exempt; the
+# scalar logit scale, the class and mask tokens, the visible-patch weight and every
+# embedding table decay. Our tensors below keep fewer axes than the release's ([1, 1, D]
+# tokens, a [1, N] linear weight, a 0-D scale), so the rule names them; `visible_b` is the
+# release's [1] bias of that linear layer.
+DECAYED_VECTORS = ("cls", "mask_token", "visible_w", "logit_scale")
+EXEMPT_NAMES = ("bias", "visible_b")
 REPORT_DECODER = "report_decoder"
 
 
@@ -21,14 +27,18 @@ def _names(path) -> tuple[str, ...]:
 
 
 def decay_mask(params):
-  """True where weight decay applies: matrices, except position tables.
+  """True where weight decay applies (the release's rule, above).
 
-  A scanned stack's parameters carry a leading [depth] axis that does not count.
+  A scanned stack's parameters carry a leading [depth] axis that does not count: the rule
+  reads the per-layer shape.
   """
   def decays(path, leaf):
     names = _names(path)
-    ndim = leaf.ndim - (layers.SCANNED in names)
-    return ndim >= 2 and not any(n in NO_DECAY_NAMES for n in names)
+    if names[-1] in EXEMPT_NAMES:
+      return False
+    if names[-1] in DECAYED_VECTORS:
+      return True
+    return leaf.ndim - (layers.SCANNED in names) >= 2
   return jax.tree_util.tree_map_with_path(decays, params)
 
 

@@ -285,6 +285,17 @@ def test_release_report_accounts_for_every_tensor(release):
   assert "blocks.0.attn.qkv.weight [96, 32] -> image_encoder/blocks/block0/attn/query/kernel [32, 32]" in text
 
 
+def test_weight_decay_mask_is_the_release_rule_on_its_own_tensors(release):
+  """add_weight_decay in the release's main_pretrain.py: no decay for 1-D tensors and biases."""
+  from ssacl_jax import optim
+  _, _, _, params, report = release
+  ours = convert.flatten(optim.decay_mask(params))
+  release_rule = {dst: not (len(shape) == 1 or src.endswith(".bias"))
+                  for src, shape, dst, _, _ in report.mapped}
+  assert release_rule == ours
+  assert ours["logit_scale"] and ours["visible_w"] and not ours["visible_b"]
+
+
 # ----------------------------------------------------------------------------- forward parity
 def test_encoder_tokens_match_with_and_without_queries(release):
   config, model, _, params, _ = release

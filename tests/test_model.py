@@ -195,3 +195,28 @@ def test_paper_config_parameter_counts_match_the_release():
              "projections_and_scales": 295_296 + 295_680 + 590_592 + 197 + 2}
   for name, want in release.items():
     assert counts[name] == pytest.approx(want, rel=0.01), name
+
+
+def test_paper_config_weight_decay_follows_the_release_rule():
+  """The release exempts its 1-D tensors (LayerNorm scales and biases) and biases, nothing
+  else; the rule reads per-layer shapes, so the scanned layout gives the same mask."""
+  from ssacl_jax import convert, optim
+  params = param_count.abstract_params(ssacl_vitb16.get_config())
+  decayed = {"image_encoder/cls", "image_decoder/mask_token", "logit_scale", "visible_w",
+             "text_encoder/word_embed/embedding", "text_encoder/pos_embed/embedding",
+             "text_encoder/type_embed/embedding", "report_decoder/wte/embedding",
+             "report_decoder/wpe/embedding", "image_encoder/patch_embed/kernel",
+             "report_decoder/blocks/block11/mlp/fc2/kernel"}
+  for scanned in (False, True):
+    mask = convert.flatten(optim.decay_mask(layers.relayout_shapes(params, scanned)))
+    for path, decays in mask.items():
+      parent, name = path.split("/")[-2:] if "/" in path else ("", path)
+      norm = "norm" in parent and name in ("scale", "bias")
+      assert decays == (not (norm or name == "bias" or path == "visible_b")), path
+    if not scanned:
+      assert decayed <= {p for p, d in mask.items() if d}
+      exempt = sorted(p for p, d in mask.items() if not d)
+      # 12 + 4 + 6 + 12 blocks with 2 LayerNorms, 4 attention and 2 MLP biases each; 4
+      # final/embedding norms; the biases of the patch embedding, 3 projections, the image
+      # decoder's embedding and head and the pooler; visible_b.
+      assert len(exempt) == 34 * (2 * 2 + 4 + 2) + 4 * 2 + 7 + 1
