@@ -307,9 +307,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     config_lib.save_workdir_config(config, workdir)
 
-  # Input and model.
+  # Input and model; the step counts follow from the train split's size.
   task = make_task(config, mesh, batch_sharding, workdir)
   data = task.data
+  config = optim.with_schedule(config, len(data.train_source))
+  t = config.train
 
   # Sharded state.
   setup = setup_state(config, task.model, mesh, task.consts, task.example_batch)

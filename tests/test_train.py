@@ -97,3 +97,34 @@ def test_gradient_accumulation_averages_microbatch_losses(tiny_data_dir):
   assert int(new_state["step"]) == 1 and bool(metrics["finite"])
   moved = jax.device_get(new_state["params"])["report_decoder"]["wte"]["embedding"]
   assert not np.allclose(moved, params["report_decoder"]["wte"]["embedding"])
+
+
+def release_learning_rate(epoch, o, epochs):
+  """util/lr_sched.adjust_learning_rate of the release, `epoch` fractional."""
+  if epoch < o.warmup_epochs:
+    return min(o.learning_rate, o.init_learning_rate
+               + (o.learning_rate - o.init_learning_rate) * epoch / o.warmup_epochs)
+  return o.end_learning_rate + (o.learning_rate - o.end_learning_rate) * 0.5 * (
+      1.0 + np.cos(np.pi * (epoch - o.warmup_epochs) / (epochs - o.warmup_epochs)))
+
+
+def test_epochs_give_the_step_counts_and_the_release_learning_rate(caplog):
+  from configs import ssacl_vitb16
+  from ssacl_jax import optim
+  config = ssacl_vitb16.get_config("batch=32")
+  assert (config.train.num_epochs, config.optim.warmup_epochs) == (51, 2)
+  # 1000 examples, global batch 32: 31 full batches an epoch (the last, partial one dropped).
+  with caplog.at_level("INFO"):
+    resolved = optim.with_schedule(config, 1000)
+  assert (resolved.train.num_steps, resolved.optim.warmup_steps) == (51 * 31, 2 * 31)
+  assert "1581 optimizer steps, 62 of warm-up (1000 examples" in caplog.text
+  assert (config.train.num_steps, config.optim.warmup_steps) == (0, 0)  # a copy
+  schedule = optim.learning_rate_schedule(resolved)
+  steps = np.arange(resolved.train.num_steps)
+  want = [release_learning_rate(s / 31, resolved.optim, 51) for s in steps]
+  np.testing.assert_allclose(np.asarray(schedule(steps)), want, rtol=1e-5, atol=1e-9)
+  # Step counts set by hand win.
+  config.train.num_steps, config.optim.warmup_steps = 10, 3
+  assert optim.schedule_steps(config, 1000) == (10, 3, 31)
+  with pytest.raises(ValueError, match="1000 examples give no full global batch of 2048"):
+    optim.schedule_steps(ssacl_vitb16.get_config("batch=2048"), 1000)
