@@ -79,21 +79,28 @@ def test_gradient_accumulation_averages_microbatch_losses(tiny_data_dir):
   config.train.grad_accum_steps = 2
   mesh = sharding.make_mesh(config)
   model = ssacl.build_model(config.model)
-  batch, tokens = random_batch(config, 8)
+  batch, tokens = random_batch(config, 16)
   setup = train.setup_state(config, model, mesh, tokens)
   state = setup.init_fn(jax.random.key(0))
   params = jax.device_get(state["params"])
   base_key = jax.random.key(1)
-  new_state, metrics = jax.jit(train.make_train_step(config, setup))(state, batch, *tokens, base_key)
+  # One row of each microbatch per device: L_cl and L_ac still contrast the whole
+  # microbatch of 8, as the release gathers each micro-step's batch over its GPUs.
+  sharded = jax.device_put(batch, jax.sharding.NamedSharding(mesh, sharding.batch_spec(config)))
+  assert len(sharded["image"].sharding.device_set) == 8
+  new_state, metrics = jax.jit(train.make_train_step(config, setup))(state, sharded, *tokens,
+                                                                     base_key)
   # Microbatch i holds rows i, i + 2, ...; its masking key is fold_in(fold_in(key, step), i).
   step_key = jax.random.fold_in(base_key, 0)
-  losses = []
+  micro_metrics = []
   for i in range(2):
     micro = {k: v[i::2] for k, v in batch.items()}
-    loss, _ = model.apply({"params": params}, micro, *tokens,
-                          rngs={"mask": jax.random.fold_in(step_key, i)})
-    losses.append(float(loss))
-  np.testing.assert_allclose(float(metrics["loss"]), np.mean(losses), rtol=1e-5)
+    _, m = model.apply({"params": params}, micro, *tokens,
+                       rngs={"mask": jax.random.fold_in(step_key, i)})
+    micro_metrics.append(m)
+  for k in ("loss", "loss_cl", "loss_ac"):
+    np.testing.assert_allclose(float(metrics[k]), np.mean([float(m[k]) for m in micro_metrics]),
+                               rtol=1e-5, err_msg=k)
   assert int(new_state["step"]) == 1 and bool(metrics["finite"])
   moved = jax.device_get(new_state["params"])["report_decoder"]["wte"]["embedding"]
   assert not np.allclose(moved, params["report_decoder"]["wte"]["embedding"])
