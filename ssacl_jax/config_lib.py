@@ -75,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.ac_lambda = 0.1
   m.ac_chunk_size = 0          # 0: no chunking of the [B, B, K, K] consistency logits
   m.share_unmasked_pass = True
+  m.dropout = 0.1              # text encoder and report decoder, in training only (SPEC 2)
   m.loss_weights = dict(ir=1.0, cl=0.15, lm=1.0, ar=1.0, ac=1.0)
 
   c.data = d = ml_collections.ConfigDict()

@@ -76,6 +76,31 @@ def test_zero_weight_terms_are_skipped_and_the_rest_unchanged(tiny):
   assert touched == {"image_encoder", "image_decoder"}
 
 
+def test_dropout_acts_in_training_only(tiny):
+  config, plain, variables, batch, tokens = tiny
+  assert config.model.dropout == 0.0  # the demo's (and so the tiny config's)
+  paper = config.model.copy_and_resolve_references()
+  paper.dropout = 0.1
+  model = ssacl.build_model(paper)
+  mask = {"mask": jax.random.key(2)}
+  train_rngs = lambda seed: {**mask, "dropout": jax.random.key(seed)}  # noqa: E731
+  _, want = plain.apply(variables, batch, *tokens, rngs=mask)
+  _, zero_rate = plain.apply(variables, batch, *tokens, rngs=train_rngs(3))
+  _, evaluated = model.apply(variables, batch, *tokens, rngs=mask)  # no dropout key: eval
+  for metrics in (zero_rate, evaluated):
+    for k, v in want.items():
+      np.testing.assert_array_equal(metrics[k], v, err_msg=k)
+  _, a = model.apply(variables, batch, *tokens, rngs=train_rngs(3))
+  _, b = model.apply(variables, batch, *tokens, rngs=train_rngs(4))
+  for k in ("loss_cl", "loss_lm", "loss_ar", "loss_ac"):  # they read the text models
+    assert len({float(a[k]), float(b[k]), float(want[k])}) == 3, k
+  assert float(a["loss_ir"]) == float(b["loss_ir"]) == float(want["loss_ir"])  # image side
+  # Generation's inputs: the same with and without the rate (no dropout key there).
+  prefix = lambda m: m.apply(variables, batch["image"], *tokens, batch["leaf_mask"],  # noqa: E731
+                             method=m.generation_prefix)
+  np.testing.assert_array_equal(prefix(model)[0], prefix(plain)[0])
+
+
 def test_shared_unmasked_pass_gives_the_release_losses(tiny):
   config, _, variables, batch, tokens = tiny
   separate = config.model.copy_and_resolve_references()

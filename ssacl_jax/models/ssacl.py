@@ -38,6 +38,7 @@ class SSACL(nn.Module):
     c = self.config
     kw = dict(dtype=dtype_from_name(c.dtype), param_dtype=dtype_from_name(c.param_dtype))
     e, d, t, r = c.encoder, c.image_decoder, c.text, c.report
+    dropout = c.get("dropout", 0.0)  # workdirs saved before the field trained without
     self.image_encoder = ImageEncoder(
         c.image_size, c.patch, c.channels, e.width, e.depth, e.num_heads, e.mlp_dim,
         remat=c.remat, scan_layers=c.scan_layers, **kw)
@@ -47,10 +48,10 @@ class SSACL(nn.Module):
         remat=c.remat, scan_layers=c.scan_layers, **kw)
     self.text_encoder = TextEncoder(
         t.vocab_size, t.max_len, t.width, t.depth, t.num_heads, t.mlp_dim, remat=c.remat,
-        scan_layers=c.scan_layers, **kw)
+        scan_layers=c.scan_layers, dropout=dropout, **kw)
     self.report_decoder = ReportDecoder(
         r.vocab_size, r.max_positions, r.width, r.depth, r.num_heads, r.mlp_dim,
-        remat=c.remat, scan_layers=c.scan_layers, **kw)
+        remat=c.remat, scan_layers=c.scan_layers, dropout=dropout, **kw)
     self.image_to_text = layers.dense(t.width, ("embed", "mlp"), **kw)
     self.text_to_query = layers.dense(e.width, ("mlp", "embed"), **kw)
     self.to_decoder = layers.dense(r.width, ("embed", "mlp"), **kw)
@@ -168,7 +169,8 @@ class SSACL(nn.Module):
 
   # -- the training forward -----------------------------------------------------------------
   def __call__(self, batch, anatomy_ids, anatomy_mask):
-    """Returns (total loss, metrics). Needs rngs={'mask': key}.
+    """Returns (total loss, metrics). Needs rngs={'mask': key}; with a 'dropout' key too
+    (the train step's) the text encoder and report decoder drop at model.dropout.
 
     A term whose `loss_weights` entry is 0.0 is not computed (an MAE-only warm start,
     `ir` alone, costs one MAE pass); its metric reads 0.0. Init computes every term, so the
