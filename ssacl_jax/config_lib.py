@@ -75,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
   m.ac_lambda = 0.1
   m.ac_chunk_size = 0          # 0: no chunking of the [B, B, K, K] consistency logits
   m.share_unmasked_pass = True
+  # Fixed sine-cosine formulas (layers.sincos_2d): the release's decoder always has its own
+  # formula; its encoder has MAE's when it starts from MAE (python -m ssacl_jax.convert sets
+  # both from what a release checkpoint holds).
+  m.position_tables = dict(image_encoder="mae", image_decoder="release")
   m.dropout = 0.1              # text encoder and report decoder, in training only (SPEC 2)
   m.loss_weights = dict(ir=1.0, cl=0.15, lm=1.0, ar=1.0, ac=1.0)
 
@@ -194,6 +198,11 @@ def validate(config) -> None:
                     f"train.grad_accum_steps {t.grad_accum_steps}")
   if t.num_steps <= 0 and t.num_epochs <= 0:
     problems.append("train.num_steps and train.num_epochs are both 0: set one")
+  from ssacl_jax import layers
+  for part, formula in m.get("position_tables", {}).items():
+    if formula not in layers.POSITION_FORMULAS:
+      problems.append(f"model.position_tables.{part} {formula!r} must be one of "
+                      f"{', '.join(layers.POSITION_FORMULAS)}")
   if not 0 < m.mask_ratio < 1:
     problems.append(f"model.mask_ratio {m.mask_ratio} must be in (0, 1)")
   if config.get("task", "ssacl") not in ("ssacl", "finetune"):

@@ -67,10 +67,24 @@ def layer_norm(eps, *, dtype, param_dtype, name=None):
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
 
 
-def sincos_2d(dim: int, grid: int) -> np.ndarray:
-  """Fixed 2-D sine-cosine positions [grid*grid, dim] (MAE layout: half x, half y)."""
+POSITION_FORMULAS = ("mae", "release")
+
+
+def sincos_2d(dim: int, grid: int, formula: str = "mae") -> np.ndarray:
+  """Fixed 2-D sine-cosine positions [grid*grid, dim] (MAE layout: half x, half y).
+
+  Each half encodes one coordinate p as [sin(p w_k), cos(p w_k)], k < dim/4, with
+  w_k = 10000^(-k / (dim/4)) (formula 'mae': MAE's get_2d_sincos_pos_embed) or
+  w_k = 10000^(-k / (dim/4)^2) ('release': the SS-ACL release's copy divides the exponent
+  by embed_dim/2 once more, so its tables differ from MAE's by up to 2).
+  """
+  if formula not in POSITION_FORMULAS:
+    raise ValueError(f"position table formula {formula!r}: use one of {POSITION_FORMULAS}")
   quarter = dim // 4
-  omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
+  exponent = np.arange(quarter, dtype=np.float64) / quarter
+  if formula == "release":
+    exponent /= quarter
+  omega = 1.0 / 10000 ** exponent
   ys, xs = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64),
                        indexing="ij")
 

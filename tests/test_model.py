@@ -130,6 +130,24 @@ def test_queries_do_not_see_each_other_and_patches_do_not_see_queries(tiny):
   assert not np.allclose(full[:, 5], moved[:, 5], atol=1e-3)
 
 
+def test_position_table_formulas_against_hand_computed_values():
+  """dim 8: two frequencies a coordinate, w = (1, 10000^-1/2) for MAE and (1, 10000^-1/4)
+  for the release; row y * 2 + x of a 2x2 grid is [sin xw, cos xw, sin yw, cos yw]."""
+  s1, c1 = 0.8414709848, 0.5403023059                  # sin 1, cos 1
+  mae_x = [s1, 0.0099998333, c1, 0.9999500004]          # sin/cos of 0.01
+  release_x = [s1, 0.0998334166, c1, 0.9950041653]      # sin/cos of 0.1
+  zero = [0.0, 0.0, 1.0, 1.0]
+  mae, release = layers.sincos_2d(8, 2, "mae"), layers.sincos_2d(8, 2, "release")
+  np.testing.assert_allclose(mae, [zero + zero, mae_x + zero, zero + mae_x, mae_x + mae_x],
+                             atol=1e-7)
+  np.testing.assert_allclose(release, [zero + zero, release_x + zero, zero + release_x,
+                                       release_x + release_x], atol=1e-7)
+  # One frequency a coordinate (dim 4): exponent 0 in both, the same table.
+  np.testing.assert_array_equal(layers.sincos_2d(4, 3, "mae"), layers.sincos_2d(4, 3, "release"))
+  with pytest.raises(ValueError, match="'cubic'"):
+    layers.sincos_2d(8, 2, "cubic")
+
+
 def test_masking_keeps_half_the_patches_and_restores_order(tiny):
   config, model, variables, batch, _ = tiny
   out = model.apply(variables, jnp.asarray(batch["image"]),

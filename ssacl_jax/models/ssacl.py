@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from ssacl_jax import anatomy, layers, losses
-from ssacl_jax.models.image import ImageDecoder, ImageEncoder
+from ssacl_jax.models.image import ImageDecoder, ImageEncoder, position_table
 from ssacl_jax.models.report import CACHE_SLOT_AXIS, ReportDecoder
 from ssacl_jax.models.text import TextEncoder
 
@@ -41,11 +41,13 @@ class SSACL(nn.Module):
     dropout = c.get("dropout", 0.0)  # workdirs saved before the field trained without
     self.image_encoder = ImageEncoder(
         c.image_size, c.patch, c.channels, e.width, e.depth, e.num_heads, e.mlp_dim,
-        remat=c.remat, scan_layers=c.scan_layers, **kw)
+        remat=c.remat, scan_layers=c.scan_layers,
+        position_table=position_table(c, "image_encoder"), **kw)
     num_patches = (c.image_size // c.patch) ** 2
     self.image_decoder = ImageDecoder(
         num_patches, c.patch, c.channels, d.width, d.depth, d.num_heads, d.mlp_dim,
-        remat=c.remat, scan_layers=c.scan_layers, **kw)
+        remat=c.remat, scan_layers=c.scan_layers,
+        position_table=position_table(c, "image_decoder"), **kw)
     self.text_encoder = TextEncoder(
         t.vocab_size, t.max_len, t.width, t.depth, t.num_heads, t.mlp_dim, remat=c.remat,
         scan_layers=c.scan_layers, dropout=dropout, **kw)
