@@ -495,12 +495,15 @@ def test_release_position_tables_are_identified_and_reproduced(release, tmp_path
   stale = apply(config, converted, lambda mm, t, r: mm.image_decoder(t, r), out["tokens"],
                 out["ids_restore"])
   assert np.max(np.abs(np.asarray(stale) - ref_pixels)) > 1e-2
-  # A run whose config disagrees is told which field to set, from the converted checkpoint
-  # and from the file itself.
-  out_dir = tmp_path / "converted"
-  convert.run("ssacl_release", path, parity_config(), out_dir)
+  # A run whose config disagrees is told which field to set: from an MAE file converted on
+  # the fly, or from a converted checkpoint (its config.json).
   other = parity_config()
-  other.init.checkpoint = str(out_dir)
+  if encoder_table == "mae":
+    mae_file(tm, tmp_path / "mae.pth")
+    other.init.mae = str(tmp_path / "mae.pth")
+  else:
+    convert.run("ssacl_release", path, parity_config(), tmp_path / "converted")
+    other.init.checkpoint = str(tmp_path / "converted")
   with pytest.raises(pretrained.InitError,
                      match=r"has the 'release' position table for image_decoder, but "
                            r"config.model.position_tables.image_decoder is 'mae': set "
