@@ -374,6 +374,7 @@ def main():
   a = ARGS
   machine = benchlib.machine()
   config = benchlib.load_config(a.config)
+  config.train.grad_accum_steps = 1  # the figures are one forward-backward of the whole batch
   apply_overrides(config, a.set)
   if a.batch:
     config.train.global_batch_size = a.batch

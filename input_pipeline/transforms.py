@@ -6,7 +6,7 @@ the `np.random.Generator` passed in). `pipeline.py` composes them.
 Images: whatever a record or a file holds (8/16-bit grey, RGB, RGBA, palette, DICOM)
 becomes float grey in [0, 1], the way the builders make their stored PNGs (16-bit
 stretched to min-max, alpha over black) (`to_grey_float`, `decode_image_bytes`); then bicubic resize
-to the model size, the release's random affine (training only), grey repeated to the
+to the model size, the release's random affine (training only; nearest-neighbour), grey repeated to the
 model's channels, normalised with mean 0.4978 / std 0.2449. Unreadable input raises
 `BadRecord`, which the pipeline counts and skips.
 
@@ -200,7 +200,8 @@ def sample_affine(rng: np.random.Generator, degrees: float,
 def affine_grey(grey: np.ndarray, angle: float, scale: float) -> np.ndarray:
   """Rotates by `angle` degrees (counter-clockwise) and scales about the image centre.
 
-  Bicubic, zero fill (torchvision's RandomAffine defaults). PIL wants the inverse map
+  Nearest-neighbour, zero fill (torchvision's RandomAffine defaults, which the release
+  uses): every output pixel is an input pixel or 0. PIL wants the inverse map
   output -> input: x_in = c + R(-angle) (x_out - c) / scale.
   """
   h, w = grey.shape
@@ -214,7 +215,7 @@ def affine_grey(grey: np.ndarray, angle: float, scale: float) -> np.ndarray:
   f = cy - d * cx - e * cy
   img = Image.fromarray(np.asarray(grey, np.float32), mode="F")
   out = img.transform((w, h), Image.Transform.AFFINE, (a, b, c, d, e, f),
-                      resample=Image.Resampling.BICUBIC, fillcolor=0.0)
+                      resample=Image.Resampling.NEAREST, fillcolor=0.0)
   return np.clip(np.asarray(out, np.float32), 0.0, 1.0)
 
 

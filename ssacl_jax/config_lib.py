@@ -80,6 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
   m.ac_lambda = 0.1
   m.ac_chunk_size = 0          # 0: no chunking of the [B, B, K, K] consistency logits
   m.share_unmasked_pass = True
+  # Fixed sine-cosine formulas (layers.sincos_2d): the release's decoder always has its own
+  # formula; its encoder has MAE's when it starts from MAE (python -m ssacl_jax.convert sets
+  # both from what a release checkpoint holds).
+  m.position_tables = dict(image_encoder="mae", image_decoder="release")
+  m.dropout = 0.1              # text encoder and report decoder, in training only (SPEC 2)
   m.loss_weights = dict(ir=1.0, cl=0.15, lm=1.0, ar=1.0, ac=1.0)
 
   c.data = d = ml_collections.ConfigDict()
@@ -108,7 +113,8 @@ def base_config() -> ml_collections.ConfigDict:
   d.text_tokenizer = ""        # e.g. the release's WordPiece JSON (mimic_wordpiece.json)
 
   c.train = t = ml_collections.ConfigDict()
-  t.num_steps = 100_000
+  t.num_epochs = 51            # the release's; the schedule counts full global batches
+  t.num_steps = 0              # >0: this many optimizer steps instead of num_epochs
   t.global_batch_size = 256
   t.grad_accum_steps = 1
   t.checkpoint_every_steps = 1000
@@ -120,7 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 2.5e-4
   o.init_learning_rate = 1e-6
-  o.warmup_steps = 4000
+  o.warmup_epochs = 2
+  o.warmup_steps = 0           # >0: instead of warmup_epochs
   o.end_learning_rate = 0.0
   o.b1 = 0.9
   o.b2 = 0.95
@@ -208,6 +215,13 @@ def validate(config) -> None:
   if t.grad_accum_steps < 1 or t.global_batch_size % t.grad_accum_steps:
     problems.append(f"train.global_batch_size {t.global_batch_size} is not a multiple of "
                     f"train.grad_accum_steps {t.grad_accum_steps}")
+  if t.num_steps <= 0 and t.num_epochs <= 0:
+    problems.append("train.num_steps and train.num_epochs are both 0: set one")
+  from ssacl_jax import layers
+  for part, formula in m.get("position_tables", {}).items():
+    if formula not in layers.POSITION_FORMULAS:
+      problems.append(f"model.position_tables.{part} {formula!r} must be one of "
+                      f"{', '.join(layers.POSITION_FORMULAS)}")
   if not 0 < m.mask_ratio < 1:
     problems.append(f"model.mask_ratio {m.mask_ratio} must be in (0, 1)")
   problems += _labeler_problems(config.eval)
@@ -362,9 +376,9 @@ def check_overrides(argv, flag: str = "config") -> None:
 
 def pod_config(arg, *, fsdp: int, num_workers: int, eval_batch_size: int):
   """The paper model on an accelerator slice: bf16 compute, float32 parameters, a
-  (data, fsdp, tensor) mesh. Variants: batch, steps, fsdp, tensor, accum, remat, fp32,
-  dataset (`configs/tpu_v5e_256.py:batch=1024,remat`)."""
-  a = parse_arg(arg, batch=256, steps=100_000, fsdp=fsdp, tensor=1, accum=1, remat=False,
+  (data, fsdp, tensor) mesh. Variants: batch, steps (0: the 51 epochs), fsdp, tensor,
+  accum, remat, fp32, dataset (`configs/tpu_v5e_256.py:batch=1024,remat`)."""
+  a = parse_arg(arg, batch=256, steps=0, fsdp=fsdp, tensor=1, accum=1, remat=False,
                 fp32=False, dataset="mimic_cxr")
   c = base_config()
   c.model.dtype = "float32" if a.fp32 else "bfloat16"

@@ -14,7 +14,8 @@ Kinds:
 Output: OUT/checkpoints/0/ is a full train state at step 0 written by
 ssacl_jax.checkpointing.Checkpointer (parameters the source does not provide keep the
 config's fresh initialisation; the meta records which top-level parts were converted),
-plus OUT/config.json and OUT/conversion_report.txt. So `--workdir OUT --mode eval` and
+plus OUT/config.json (with config.model.position_tables set to the formulas of the
+source's fixed position tables) and OUT/conversion_report.txt. So `--workdir OUT --mode eval` and
 `inference.restore(config, OUT)` read it as they read a training workdir, and training
 starts from it with `--config.init.checkpoint=OUT` (ssacl_jax/pretrained.py takes the
 converted parts only, unless --config.init.parts says otherwise).
@@ -165,10 +166,17 @@ class Report:
   unmapped: list[tuple[str, tuple]] = dataclasses.field(default_factory=list)
   missing: list[tuple[str, tuple, str]] = dataclasses.field(default_factory=list)
   notes: list[str] = dataclasses.field(default_factory=list)
+  # Part -> the formula of its fixed position table in the source (layers.POSITION_FORMULAS,
+  # or UNKNOWN_TABLE); parts whose source has no table are absent.
+  position_tables: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def text(self) -> str:
     lines = [f"conversion report: kind={self.kind} src={self.src}",
              f"converted parts: {', '.join(self.parts) or '(none)'}"]
+    if self.position_tables:
+      lines.append("position tables: " + ", ".join(
+          f"{part}={formula}" for part, formula in self.position_tables.items())
+          + " (config.model.position_tables)")
     lines += [f"note: {n}" for n in self.notes]
     lines.append(f"mapped ({len(self.mapped)} parameters):")
     lines += [f"  {s} {list(ss)} -> {d} {list(ds)}  [{how}]" for s, ss, d, ds, how in self.mapped]
@@ -243,30 +251,37 @@ def patch_kernel(t: Tensors, name: str) -> Leaf:
               "conv [D,C,p,p] -> [p,p,C,D] -> [p*p*C,D]")
 
 
-def check_fixed_positions(t: Tensors, name: str, report: Report) -> None:
-  """Skip a fixed sin-cos table; say so loudly when it is not the table we recompute."""
+UNKNOWN_TABLE = "unknown"
+
+
+def identify_fixed_positions(t: Tensors, name: str, part: str, report: Report) -> None:
+  """Which formula made the fixed sin-cos table `name` -> report.position_tables[part].
+
+  The table itself is skipped: the model recomputes it from the formula
+  (config.model.position_tables), which `run` sets and config.init checks. A table that
+  matches no formula is UNKNOWN_TABLE, and the conversion fails naming both differences.
+  """
   if name not in t:
     return
   from ssacl_jax import layers
   table = t.arrays[name]
   table = table.reshape(-1, table.shape[-1])
   grid = int(round((table.shape[0] - 1) ** 0.5))
-  reason = "fixed sin-cos, recomputed"
+  diffs = {}
   if grid * grid + 1 == table.shape[0] and table.shape[-1] % 4 == 0:
-    ours = np.concatenate([np.zeros((1, table.shape[-1]), np.float32),
-                           layers.sincos_2d(table.shape[-1], grid)])
-    diff = float(np.max(np.abs(ours - table)))
-    if diff > 1e-4:
-      report.notes.append(f"{name} differs from our fixed sin-cos table (max |diff| {diff:.3g}); "
-                          "the model uses its own table, so these positions are NOT imported")
-      reason += f" (DIFFERS from ours: max |diff| {diff:.3g})"
-    else:
-      reason += f" (matches ours, max |diff| {diff:.1e})"
-  t.skip(name, reason)
+    for formula in layers.POSITION_FORMULAS:
+      ours = np.concatenate([np.zeros((1, table.shape[-1]), np.float32),
+                             layers.sincos_2d(table.shape[-1], grid, formula)])
+      diffs[formula] = float(np.max(np.abs(ours - table)))
+  found = min(diffs, key=diffs.get) if diffs and min(diffs.values()) <= 1e-4 else UNKNOWN_TABLE
+  report.position_tables[part] = found
+  against = ", ".join(f"{f} {d:.2g}" for f, d in diffs.items()) or "wrong shape"
+  t.skip(name, f"fixed sin-cos table, formula {found} (max |diff|: {against}); recomputed "
+               f"from config.model.position_tables.{part}")
 
 
 def image_encoder(t: Tensors, report: Report) -> dict:
-  check_fixed_positions(t, "pos_embed", report)
+  identify_fixed_positions(t, "pos_embed", "image_encoder", report)
   return {"patch_embed": {"kernel": patch_kernel(t, "patch_embed.proj.weight"),
                           "bias": Leaf(t.get("patch_embed.proj.bias"), ("patch_embed.proj.bias",))},
           "cls": vector(t, "cls_token"),
@@ -276,7 +291,7 @@ def image_encoder(t: Tensors, report: Report) -> dict:
 
 def image_decoder(t: Tensors, report: Report, model_cfg) -> dict:
   """The MAE decoder. A super-resolution head ((2p)^2*C outputs) cannot be ours: skipped."""
-  check_fixed_positions(t, "decoder_pos_embed", report)
+  identify_fixed_positions(t, "decoder_pos_embed", "image_decoder", report)
   tree = {"embed": linear(t, "decoder_embed"), "mask_token": vector(t, "mask_token"),
           "blocks": stack(t, "decoder_blocks", vit_block), "norm": norm(t, "decoder_norm")}
   out_features = t.arrays["decoder_pred.weight"].shape[0] if "decoder_pred.weight" in t else None
@@ -597,6 +612,7 @@ def convert(kind: str, src, config, *, parts=None, allow_missing: bool = False,
       t.release({s for leaf in leaves.values() for s in leaf.src},
                 f"part {part} not requested (parts={','.join(parts)})")
   report.parts = tuple(tree)
+  report.position_tables = {p: f for p, f in report.position_tables.items() if p in tree}
   abstract = abstract if abstract is not None else abstract_params(config)
   tree = match_layout(tree, abstract)
   problems, missing = check_against_model(tree, abstract)
@@ -613,6 +629,10 @@ def convert(kind: str, src, config, *, parts=None, allow_missing: bool = False,
   report.skipped = [(k, tuple(arrays[k].shape), why) for k, why in sorted(t.skipped.items())]
   report.unmapped = [(k, tuple(arrays[k].shape)) for k in t.unaccounted()]
   errors = list(problems)
+  unknown = [p for p, f in report.position_tables.items() if f == UNKNOWN_TABLE]
+  if unknown:
+    errors.append(f"the fixed position table of {', '.join(unknown)} matches no formula this "
+                  f"model can compute (see 'skipped' below); its pixels would differ")
   if missing and not allow_missing:
     errors.append(f"{len(missing)} model parameter(s) of the converted parts are not in the "
                   "source: " + ", ".join(m[0] for m in missing[:10])
@@ -626,6 +646,21 @@ def convert(kind: str, src, config, *, parts=None, allow_missing: bool = False,
     raise ConversionError(f"cannot convert {src} ({kind}) for this config:\n  "
                           + "\n  ".join(errors) + "\n\n" + report.text())
   return {part: values(sub) if isinstance(sub, dict) else sub.value for part, sub in tree.items()}, report
+
+
+def set_position_tables(config, report: Report) -> None:
+  """config.model.position_tables takes the formulas the source's tables have."""
+  for part, formula in report.position_tables.items():
+    config.model.position_tables[part] = formula
+
+
+def position_table_problems(config, found: dict, source: str) -> list[str]:
+  """How `found` ({part: formula} of a source) disagrees with the config, with the fix."""
+  from ssacl_jax.models.image import position_table
+  return [f"{source} has the {formula!r} position table for {part}, but "
+          f"config.model.position_tables.{part} is {position_table(config.model, part)!r}: "
+          f"set --config.model.position_tables.{part}={formula}"
+          for part, formula in found.items() if formula != position_table(config.model, part)]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -682,6 +717,7 @@ def run(kind: str, src, config, out, *, parts: str = "", allow_missing: bool = F
     config.data.decoder_tokenizer = str(pathlib.Path(src).absolute())
   converted, report = convert(kind, src, config, parts=parse_parts(parts),
                               allow_missing=allow_missing, allow_unmapped=allow_unmapped)
+  set_position_tables(config, report)
   print(report.text())
   if not dry_run:
     if not out:

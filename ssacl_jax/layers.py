@@ -8,6 +8,10 @@ Activation axes: 'batch', 'length', 'act_embed', 'act_heads', 'act_kv', 'act_mlp
 
 Kernels are 2-D (`nn.Dense`) and reshaped to heads afterwards: 3-D logical names on
 DenseGeneral kernels break under a mesh (flax issue 3676).
+
+Dropout (a module's `dropout` rate: attention probabilities and each residual branch) is on
+exactly when the caller passes a 'dropout' RNG, which only the train step does
+(`dropout_active`): evaluation, generation and grounding are deterministic.
 """
 from __future__ import annotations
 
@@ -29,6 +33,24 @@ def constrain(x, names):
   return nn.with_logical_constraint(x, names)
 
 
+DROPOUT = "dropout"  # the RNG stream of dropout
+
+
+def dropout_active(module, rate: float) -> bool:
+  return rate > 0.0 and module.has_rng(DROPOUT)
+
+
+def drop(key, x, rate: float):
+  """Inverted dropout: each element zeroed with probability `rate`, the rest scaled up."""
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def dropout(module, x, rate: float):
+  """drop(x) with the module's next 'dropout' key in training, else x."""
+  return drop(module.make_rng(DROPOUT), x, rate) if dropout_active(module, rate) else x
+
+
 def dense(features, names, *, dtype, param_dtype, use_bias=True, name=None,
           kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros):
   """2-D Dense with logical kernel names (in, out) and bias names (out,)."""
@@ -45,10 +67,24 @@ def layer_norm(eps, *, dtype, param_dtype, name=None):
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
 
 
-def sincos_2d(dim: int, grid: int) -> np.ndarray:
-  """Fixed 2-D sine-cosine positions [grid*grid, dim] (MAE layout: half x, half y)."""
+POSITION_FORMULAS = ("mae", "release")
+
+
+def sincos_2d(dim: int, grid: int, formula: str = "mae") -> np.ndarray:
+  """Fixed 2-D sine-cosine positions [grid*grid, dim] (MAE layout: half x, half y).
+
+  Each half encodes one coordinate p as [sin(p w_k), cos(p w_k)], k < dim/4, with
+  w_k = 10000^(-k / (dim/4)) (formula 'mae': MAE's get_2d_sincos_pos_embed) or
+  w_k = 10000^(-k / (dim/4)^2) ('release': the SS-ACL release's copy divides the exponent
+  by embed_dim/2 once more, so its tables differ from MAE's by up to 2).
+  """
+  if formula not in POSITION_FORMULAS:
+    raise ValueError(f"position table formula {formula!r}: use one of {POSITION_FORMULAS}")
   quarter = dim // 4
-  omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
+  exponent = np.arange(quarter, dtype=np.float64) / quarter
+  if formula == "release":
+    exponent /= quarter
+  omega = 1.0 / 10000 ** exponent
   ys, xs = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64),
                        indexing="ij")
 
@@ -70,11 +106,13 @@ def causal_bias(length: int):
   return jnp.asarray(np.where(allowed, 0.0, NEG_INF), jnp.float32)[None, None]
 
 
-def attention_core(q, k, v, bias, *, dtype, heads_major_kv: bool = False):
+def attention_core(q, k, v, bias, dropout_key=None, *, dtype, heads_major_kv: bool = False,
+                   dropout_rate: float = 0.0):
   """softmax(q k^T / sqrt(Dh) + bias) v -> (out [B, Lq, H, Dh], weights [B, H, Lq, Lk]).
 
   q [B, Lq, H, Dh]; k/v [B, Lk, H, Dh], or [B, H, Lk, Dh] with heads_major_kv (the KV
-  cache's layout); scores and softmax in float32.
+  cache's layout); scores and softmax in float32. Given dropout_key, the probabilities
+  that weight v are dropped at dropout_rate (the returned weights are not).
   """
   head_dim = q.shape[-1]
   kv = "bhkd" if heads_major_kv else "bkhd"
@@ -83,7 +121,8 @@ def attention_core(q, k, v, bias, *, dtype, heads_major_kv: bool = False):
   if bias is not None:
     logits = logits + bias
   weights = jax.nn.softmax(logits, axis=-1)
-  out = jnp.einsum(f"bhqk,{kv}->bqhd", weights.astype(dtype), v.astype(dtype))
+  probs = weights if dropout_key is None else drop(dropout_key, weights, dropout_rate)
+  out = jnp.einsum(f"bhqk,{kv}->bqhd", probs.astype(dtype), v.astype(dtype))
   return out, weights
 
 
@@ -101,6 +140,7 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   use_bias: bool = True
+  dropout: float = 0.0  # on the attention probabilities, in training
 
   @nn.compact
   def __call__(self, x, bias=None, *, cache=None, cache_index=None, return_weights=False):
@@ -123,16 +163,17 @@ class MultiHeadAttention(nn.Module):
       k, v = write(cache_k, k), write(cache_v, v)
       new_cache = (k, v)
     attend = functools.partial(attention_core, dtype=self.dtype,
-                               heads_major_kv=cache is not None)
+                               heads_major_kv=cache is not None, dropout_rate=self.dropout)
+    key = self.make_rng(DROPOUT) if dropout_active(self, self.dropout) else None
     if return_weights:
-      out, weights = attend(q, k, v, bias)
+      out, weights = attend(q, k, v, bias, key)
     elif cache is not None:
-      out, weights = attend(q, k, v, bias)[0], None
+      out, weights = attend(q, k, v, bias, key)[0], None
     else:
       # Under differentiation keep only q, k, v (and the shared bias) for the backward and
-      # recompute the [B, H, Lq, Lk] scores there: the same ops, so the same values, while
-      # the step no longer holds two score-sized arrays per block (exp and softmax).
-      out, weights = jax.checkpoint(lambda *a: attend(*a)[0])(q, k, v, bias), None
+      # recompute the [B, H, Lq, Lk] scores there: the same ops (and dropout key), so the
+      # same values, while the step no longer holds two score-sized arrays per block.
+      out, weights = jax.checkpoint(lambda *a: attend(*a)[0])(q, k, v, bias, key), None
     out = constrain(out, ("batch", "length", "act_heads", "act_kv"))
     out = out.reshape(*x.shape[:-1], width)
     out = dense(width, ("heads", "embed"), name="out", **kw)(out)
@@ -157,7 +198,11 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Transformer block; pre-norm (ViT, GPT-2) or post-norm (BERT)."""
+  """Transformer block; pre-norm (ViT, GPT-2) or post-norm (BERT).
+
+  dropout: on the attention probabilities and on both branches before their residual add
+  (HF BERT's and GPT-2's hidden / attention / residual dropout), in training.
+  """
   num_heads: int
   mlp_dim: int
   eps: float = 1e-6
@@ -165,23 +210,25 @@ class Block(nn.Module):
   activation: str = "gelu"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  dropout: float = 0.0
 
   @nn.compact
   def __call__(self, x, bias=None, *, cache=None, cache_index=None, return_weights=False):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    attn = MultiHeadAttention(self.num_heads, name="attn", **kw)
+    attn = MultiHeadAttention(self.num_heads, name="attn", dropout=self.dropout, **kw)
     mlp = Mlp(self.mlp_dim, self.activation, name="mlp", **kw)
+    branch = lambda y: dropout(self, y, self.dropout)  # noqa: E731
     norm1 = layer_norm(self.eps, name="norm1", **kw)
     norm2 = layer_norm(self.eps, name="norm2", **kw)
     attn_kw = dict(cache=cache, cache_index=cache_index, return_weights=return_weights)
     if self.pre_norm:
       y, new_cache, weights = attn(norm1(x), bias, **attn_kw)
-      x = x + y
-      x = x + mlp(norm2(x))
+      x = x + branch(y)
+      x = x + branch(mlp(norm2(x)))
     else:
       y, new_cache, weights = attn(x, bias, **attn_kw)
-      x = norm1(x + y)
-      x = norm2(x + mlp(x))
+      x = norm1(x + branch(y))
+      x = norm2(x + branch(mlp(x)))
     x = constrain(x, ("batch", "length", "act_embed"))
     return x, new_cache, weights
 
@@ -200,11 +247,12 @@ class _ScannedBlock(nn.Module):
   return_weights: bool
   dtype: Dtype
   param_dtype: Dtype
+  dropout: float
 
   @nn.compact
   def __call__(self, x, bias):
     x, _, weights = Block(self.num_heads, self.mlp_dim, self.eps, self.pre_norm, self.activation,
-                          dtype=self.dtype, param_dtype=self.param_dtype,
+                          dtype=self.dtype, param_dtype=self.param_dtype, dropout=self.dropout,
                           name=SCANNED_BLOCK)(x, bias, return_weights=self.return_weights)
     return x, weights
 
@@ -228,6 +276,7 @@ class BlockStack(nn.Module):
   scan: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  dropout: float = 0.0
 
   @nn.compact
   def __call__(self, x, bias=None, *, caches=None, cache_index=None, return_weights=False):
@@ -242,7 +291,8 @@ class BlockStack(nn.Module):
     new_caches, weights = [], None
     for i in range(self.depth):
       block = block_cls(self.num_heads, self.mlp_dim, self.eps, self.pre_norm, self.activation,
-                        dtype=self.dtype, param_dtype=self.param_dtype, name=f"block{i}")
+                        dtype=self.dtype, param_dtype=self.param_dtype, dropout=self.dropout,
+                        name=f"block{i}")
       if use_remat:
         x, cache, w = block(x, bias)
       else:
@@ -257,11 +307,13 @@ class BlockStack(nn.Module):
     body = _ScannedBlock
     if self.remat and not return_weights:
       body = nn.remat(body, prevent_cse=False)  # scan already keeps XLA from merging layers
-    scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+    scanned = nn.scan(body, variable_axes={"params": 0},
+                      split_rngs={"params": True, DROPOUT: True},
                       in_axes=(nn.broadcast,), length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
     x, weights = scanned(self.num_heads, self.mlp_dim, self.eps, self.pre_norm, self.activation,
-                         return_weights, self.dtype, self.param_dtype, name=SCANNED)(x, bias)
+                         return_weights, self.dtype, self.param_dtype, self.dropout,
+                         name=SCANNED)(x, bias)
     return x, None, (weights[-1] if return_weights else None)
 
 

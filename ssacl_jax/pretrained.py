@@ -16,7 +16,10 @@ Training applies them when it initialises a fresh state (the workdir has no chec
 a resumed run ignores them). A part several sources provide comes from the last of:
 checkpoint, mae, gpt2. Every part taken must match the model exactly: a wrong path, a
 missing parameter or a shape mismatch fails naming the path, the parameter and both
-shapes; parts not taken keep their fresh initialisation.
+shapes; parts not taken keep their fresh initialisation. The image encoder's and decoder's
+fixed position tables are not parameters but formulas (config.model.position_tables): a
+source whose tables were made by another formula than the run's config fails naming the
+field to set.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ssacl_jax import checkpointing, convert, layers
+from ssacl_jax import checkpointing, config_lib, convert, layers
+from ssacl_jax.models.image import position_table
 
 # What each on-the-fly source can provide.
 KIND_PARTS = {"gpt2": ("report_decoder",), "mae": ("image_encoder", "image_decoder")}
@@ -124,6 +128,7 @@ def _from_checkpoint(config, path, step, wanted, abstract_params, fresh_params):
       logging.warning("init: %s in %s were not converted (%s); not taken from it",
                       ", ".join(fresh_there), path, converted["kind"])
   where = f"config.init.checkpoint={path} (step {step})"
+  _check_position_tables(config, _saved_position_tables(path, parts), where)
   model_parts = {p: abstract_params[p] for p in parts}
   stored_parts = {p: stored[p] for p in parts if p in stored}
   # A checkpoint written with the other model.scan_layers layout is restored to host memory
@@ -155,6 +160,20 @@ def _from_checkpoint(config, path, step, wanted, abstract_params, fresh_params):
   return restored, available
 
 
+def _saved_position_tables(path, parts) -> dict:
+  """{part: formula} a converted checkpoint or workdir was made with (its config.json)."""
+  if not (pathlib.Path(path) / config_lib.CONFIG_FILE).is_file():
+    return {}
+  saved = config_lib.load_workdir_config(path).model
+  return {p: position_table(saved, p) for p in parts if p in ("image_encoder", "image_decoder")}
+
+
+def _check_position_tables(config, found: dict, source: str) -> None:
+  problems = convert.position_table_problems(config, found, source)
+  if problems:
+    raise InitError("\n".join(problems))
+
+
 def _restore_params(ckpt, step, like: dict, restore_arg) -> dict:
   """{part: params} of `step` shaped like `like` ({part: tree of ShapeDtypeStructs}), each
   leaf restored as `restore_arg(leaf)` says; closes the checkpointer."""
@@ -179,5 +198,6 @@ def _from_converter(kind, src, config, wanted, abstract_params) -> dict:
     hint = ("\n(to take the MAE encoder only: --config.init.parts=image_encoder plus the "
             "parts other sources give)" if kind == "mae" and parts is None else "")
     raise InitError(f"config.init.{kind}={src}: {e}{hint}") from e
+  _check_position_tables(config, report.position_tables, f"config.init.{kind}={src}")
   logging.info("init: converted config.init.%s:\n%s", kind, report.text())
   return converted

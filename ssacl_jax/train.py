@@ -21,7 +21,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssacl_jax import checkpointing, cli, config_lib, data as data_lib, optim, pretrained, sharding
+from ssacl_jax import (checkpointing, cli, config_lib, data as data_lib, layers, optim, pretrained,
+                       sharding)
 from ssacl_jax.metric_writers import MetricWriter
 from ssacl_jax.models import ssacl
 
@@ -170,16 +171,26 @@ def _microbatches(batch, steps: int):
   return jax.tree.map(split, batch)
 
 
+DROPOUT_STREAM = 2**31 - 1  # folded into a step's key for its dropout key
+
+
 def make_train_step(config, setup: StateSetup, loss_terms=ssacl.LOSS_NAMES):
-  """train_step(state, batch, *consts, base_key) -> (state, metrics)."""
+  """train_step(state, batch, *consts, base_key) -> (state, metrics).
+
+  The masking key of step s (microbatch i) is fold_in(fold_in(base_key, s), i); dropout,
+  on in training only, uses that key folded with DROPOUT_STREAM. Evaluation passes no
+  dropout key, so it is deterministic.
+  """
   model, tx = setup.model, setup.tx
   schedule = optim.learning_rate_schedule(config)
   accum = config.train.grad_accum_steps
   rules = sharding.rules(config)
 
   def loss_fn(params, batch, consts, rng):
+    # Dropout draws from its own stream, derived from (never equal to) the masking key.
+    rngs = {"mask": rng, layers.DROPOUT: jax.random.fold_in(rng, DROPOUT_STREAM)}
     with nn.logical_axis_rules(rules):
-      return model.apply({"params": params}, batch, *consts, rngs={"mask": rng})
+      return model.apply({"params": params}, batch, *consts, rngs=rngs)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -326,9 +337,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     config_lib.save_workdir_config(config, workdir)
 
-  # Input and model.
+  # Input and model; the step counts follow from the train split's size.
   task = make_task(config, mesh, batch_sharding, workdir)
   data = task.data
+  config = optim.with_schedule(config, len(data.train_source))
+  t = config.train
 
   # Sharded state.
   setup = setup_state(config, task.model, mesh, task.consts, task.example_batch)

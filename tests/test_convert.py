@@ -11,6 +11,7 @@ Needs the `convert` extra plus transformers; skipped without them.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -46,10 +47,14 @@ def parity_config():
 
 
 # ----------------------------------------------------------------------------- torch reference
-def mae_sincos(dim, grid):
-  """MAE's get_2d_sincos_pos_embed(dim, grid, cls_token=True), written out independently."""
+def mae_sincos(dim, grid, release=False):
+  """MAE's get_2d_sincos_pos_embed(dim, grid, cls_token=True), written out independently;
+  release=True: the SS-ACL release's copy, which divides by embed_dim / 2 once more."""
   def one_d(d, pos):
-    omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+    omega = np.arange(d // 2, dtype=np.float64) / (d / 2.0)
+    if release:
+      omega /= d / 2.0
+    omega = 1.0 / 10000 ** omega
     out = np.einsum("m,d->md", pos.reshape(-1), omega)
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
   g = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))  # w, h
@@ -270,8 +275,9 @@ def test_release_report_accounts_for_every_tensor(release):
   config, model, _, params, report = release
   assert not report.unmapped and not report.missing
   skipped = {s: why for s, _, why in report.skipped}
-  assert skipped["pos_embed"].startswith("fixed sin-cos, recomputed (matches ours")
-  assert skipped["decoder_pos_embed"].startswith("fixed sin-cos, recomputed (matches ours")
+  assert skipped["pos_embed"].startswith("fixed sin-cos table, formula mae (max |diff|: mae 0")
+  assert skipped["decoder_pos_embed"].startswith("fixed sin-cos table, formula mae")
+  assert report.position_tables == {"image_encoder": "mae", "image_decoder": "mae"}
   assert "tied" in skipped["opt_model.lm_head.weight"]
   assert "unused" in skipped["logit_scale"]
   assert all("masked-LM head" in why for s, why in skipped.items()
@@ -283,6 +289,17 @@ def test_release_report_accounts_for_every_tensor(release):
   assert jax.tree.map(lambda x: x.shape, params) == want
   text = report.text()
   assert "blocks.0.attn.qkv.weight [96, 32] -> image_encoder/blocks/block0/attn/query/kernel [32, 32]" in text
+
+
+def test_weight_decay_mask_is_the_release_rule_on_its_own_tensors(release):
+  """add_weight_decay in the release's main_pretrain.py: no decay for 1-D tensors and biases."""
+  from ssacl_jax import optim
+  _, _, _, params, report = release
+  ours = convert.flatten(optim.decay_mask(params))
+  release_rule = {dst: not (len(shape) == 1 or src.endswith(".bias"))
+                  for src, shape, dst, _, _ in report.mapped}
+  assert release_rule == ours
+  assert ours["logit_scale"] and ours["visible_w"] and not ours["visible_b"]
 
 
 # ----------------------------------------------------------------------------- forward parity
@@ -438,6 +455,69 @@ def test_training_losses_match_the_peer_formulas(release):
                        calls[2]["ids_restore"], config)
   for k, v in ref.items():
     np.testing.assert_allclose(float(metrics[f"loss_{k}"]), float(v), err_msg=f"L_{k}", **TOL)
+
+
+# ----------------------------------------------------------------------------- position tables
+@pytest.mark.parametrize("encoder_table", ["mae", "release"])
+def test_release_position_tables_are_identified_and_reproduced(release, tmp_path, encoder_table):
+  """The release's decoder always has its own formula; its encoder MAE's (started from MAE)
+  or the release's. The converted model reproduces encoder tokens and decoder pixels."""
+  config, model, _, params, _ = release
+  grid, m = config.model.image_size // config.model.patch, config.model
+  tm = copy.deepcopy(model)
+  with torch.no_grad():
+    tm.pos_embed.copy_(torch.from_numpy(mae_sincos(m.encoder.width, grid,
+                                                   release=encoder_table == "release"))[None])
+    tm.decoder_pos_embed.copy_(torch.from_numpy(
+        mae_sincos(m.image_decoder.width, grid, release=True))[None])
+  path = tmp_path / "release_tables.pth"
+  torch.save({"model": tm.state_dict()}, path)
+  cfg = parity_config()
+  converted, report = convert.convert("ssacl_release", path, cfg)
+  want = {"image_encoder": encoder_table, "image_decoder": "release"}
+  assert report.position_tables == want
+  assert f"position tables: image_encoder={encoder_table}, image_decoder=release" in report.text()
+  convert.set_position_tables(cfg, report)
+  assert dict(cfg.model.position_tables) == want
+  images = random_inputs(cfg)[0]["image"]
+  out = apply(cfg, converted, lambda mm, x: mm.image_encoder(x, mask_ratio=0.5,
+                                                             rng=jax.random.key(4)), images)
+  pixels = apply(cfg, converted, lambda mm, t, r: mm.image_decoder(t, r), out["tokens"],
+                 out["ids_restore"])
+  restore = to_torch(np.asarray(out["ids_restore"])).long()
+  with torch.no_grad():
+    latent = tm.encode(nchw(images), keep=keep_from_restore(out["ids_restore"],
+                                                           out["tokens"].shape[1] - 1))
+    ref_pixels = tm.decode_pixels(latent, restore).numpy()
+  np.testing.assert_allclose(out["tokens"], latent.numpy(), **TOL)
+  np.testing.assert_allclose(pixels, ref_pixels, **TOL)
+  # The old behaviour, MAE's formula everywhere, predicts other pixels.
+  stale = apply(config, converted, lambda mm, t, r: mm.image_decoder(t, r), out["tokens"],
+                out["ids_restore"])
+  assert np.max(np.abs(np.asarray(stale) - ref_pixels)) > 1e-2
+  # A run whose config disagrees is told which field to set: from an MAE file converted on
+  # the fly, or from a converted checkpoint (its config.json).
+  other = parity_config()
+  if encoder_table == "mae":
+    mae_file(tm, tmp_path / "mae.pth")
+    other.init.mae = str(tmp_path / "mae.pth")
+  else:
+    convert.run("ssacl_release", path, parity_config(), tmp_path / "converted")
+    other.init.checkpoint = str(tmp_path / "converted")
+  with pytest.raises(pretrained.InitError,
+                     match=r"has the 'release' position table for image_decoder, but "
+                           r"config.model.position_tables.image_decoder is 'mae': set "
+                           r"--config.model.position_tables.image_decoder=release"):
+    pretrained.load_initial_params(other, convert.abstract_params(other), fresh_params(other))
+
+
+def test_a_table_of_no_known_formula_fails(release, tmp_path):
+  config, model, _, _, _ = release
+  sd = dict(model.state_dict())
+  sd["decoder_pos_embed"] = sd["decoder_pos_embed"] * 1.5
+  torch.save({"model": sd}, tmp_path / "odd.pth")
+  with pytest.raises(convert.ConversionError, match="position table of image_decoder matches no"):
+    convert.convert("ssacl_release", tmp_path / "odd.pth", config)
 
 
 # ----------------------------------------------------------------------------- GPT-2 folders

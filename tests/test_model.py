@@ -76,6 +76,31 @@ def test_zero_weight_terms_are_skipped_and_the_rest_unchanged(tiny):
   assert touched == {"image_encoder", "image_decoder"}
 
 
+def test_dropout_acts_in_training_only(tiny):
+  config, plain, variables, batch, tokens = tiny
+  assert config.model.dropout == 0.0  # the demo's (and so the tiny config's)
+  paper = config.model.copy_and_resolve_references()
+  paper.dropout = 0.1
+  model = ssacl.build_model(paper)
+  mask = {"mask": jax.random.key(2)}
+  train_rngs = lambda seed: {**mask, "dropout": jax.random.key(seed)}  # noqa: E731
+  _, want = plain.apply(variables, batch, *tokens, rngs=mask)
+  _, zero_rate = plain.apply(variables, batch, *tokens, rngs=train_rngs(3))
+  _, evaluated = model.apply(variables, batch, *tokens, rngs=mask)  # no dropout key: eval
+  for metrics in (zero_rate, evaluated):
+    for k, v in want.items():
+      np.testing.assert_array_equal(metrics[k], v, err_msg=k)
+  _, a = model.apply(variables, batch, *tokens, rngs=train_rngs(3))
+  _, b = model.apply(variables, batch, *tokens, rngs=train_rngs(4))
+  for k in ("loss_cl", "loss_lm", "loss_ar", "loss_ac"):  # they read the text models
+    assert len({float(a[k]), float(b[k]), float(want[k])}) == 3, k
+  assert float(a["loss_ir"]) == float(b["loss_ir"]) == float(want["loss_ir"])  # image side
+  # Generation's inputs: the same with and without the rate (no dropout key there).
+  prefix = lambda m: m.apply(variables, batch["image"], *tokens, batch["leaf_mask"],  # noqa: E731
+                             method=m.generation_prefix)
+  np.testing.assert_array_equal(prefix(model)[0], prefix(plain)[0])
+
+
 def test_shared_unmasked_pass_gives_the_release_losses(tiny):
   config, _, variables, batch, tokens = tiny
   separate = config.model.copy_and_resolve_references()
@@ -103,6 +128,24 @@ def test_queries_do_not_see_each_other_and_patches_do_not_see_queries(tiny):
   moved = encode(q.at[5].set(0.0))
   np.testing.assert_allclose(full[:, :5], moved[:, :5], atol=1e-5)
   assert not np.allclose(full[:, 5], moved[:, 5], atol=1e-3)
+
+
+def test_position_table_formulas_against_hand_computed_values():
+  """dim 8: two frequencies a coordinate, w = (1, 10000^-1/2) for MAE and (1, 10000^-1/4)
+  for the release; row y * 2 + x of a 2x2 grid is [sin xw, cos xw, sin yw, cos yw]."""
+  s1, c1 = 0.8414709848, 0.5403023059                  # sin 1, cos 1
+  mae_x = [s1, 0.0099998333, c1, 0.9999500004]          # sin/cos of 0.01
+  release_x = [s1, 0.0998334166, c1, 0.9950041653]      # sin/cos of 0.1
+  zero = [0.0, 0.0, 1.0, 1.0]
+  mae, release = layers.sincos_2d(8, 2, "mae"), layers.sincos_2d(8, 2, "release")
+  np.testing.assert_allclose(mae, [zero + zero, mae_x + zero, zero + mae_x, mae_x + mae_x],
+                             atol=1e-7)
+  np.testing.assert_allclose(release, [zero + zero, release_x + zero, zero + release_x,
+                                       release_x + release_x], atol=1e-7)
+  # One frequency a coordinate (dim 4): exponent 0 in both, the same table.
+  np.testing.assert_array_equal(layers.sincos_2d(4, 3, "mae"), layers.sincos_2d(4, 3, "release"))
+  with pytest.raises(ValueError, match="'cubic'"):
+    layers.sincos_2d(8, 2, "cubic")
 
 
 def test_masking_keeps_half_the_patches_and_restores_order(tiny):
@@ -195,3 +238,28 @@ def test_paper_config_parameter_counts_match_the_release():
              "projections_and_scales": 295_296 + 295_680 + 590_592 + 197 + 2}
   for name, want in release.items():
     assert counts[name] == pytest.approx(want, rel=0.01), name
+
+
+def test_paper_config_weight_decay_follows_the_release_rule():
+  """The release exempts its 1-D tensors (LayerNorm scales and biases) and biases, nothing
+  else; the rule reads per-layer shapes, so the scanned layout gives the same mask."""
+  from ssacl_jax import convert, optim
+  params = param_count.abstract_params(ssacl_vitb16.get_config())
+  decayed = {"image_encoder/cls", "image_decoder/mask_token", "logit_scale", "visible_w",
+             "text_encoder/word_embed/embedding", "text_encoder/pos_embed/embedding",
+             "text_encoder/type_embed/embedding", "report_decoder/wte/embedding",
+             "report_decoder/wpe/embedding", "image_encoder/patch_embed/kernel",
+             "report_decoder/blocks/block11/mlp/fc2/kernel"}
+  for scanned in (False, True):
+    mask = convert.flatten(optim.decay_mask(layers.relayout_shapes(params, scanned)))
+    for path, decays in mask.items():
+      parent, name = path.split("/")[-2:] if "/" in path else ("", path)
+      norm = "norm" in parent and name in ("scale", "bias")
+      assert decays == (not (norm or name == "bias" or path == "visible_b")), path
+    if not scanned:
+      assert decayed <= {p for p, d in mask.items() if d}
+      exempt = sorted(p for p, d in mask.items() if not d)
+      # 12 + 4 + 6 + 12 blocks with 2 LayerNorms, 4 attention and 2 MLP biases each; 4
+      # final/embedding norms; the biases of the patch embedding, 3 projections, the image
+      # decoder's embedding and head and the pooler; visible_b.
+      assert len(exempt) == 34 * (2 * 2 + 4 + 2) + 4 * 2 + 7 + 1

@@ -188,6 +188,10 @@ def test_resize_affine_normalise():
   ramp = np.tile(np.arange(16, dtype=np.float32) / 15, (16, 1))
   zoomed = X.affine_grey(ramp, 0.0, 2.0)
   assert zoomed[8, 0] > 0.2 and zoomed[8, 15] < 0.8
+  # Nearest-neighbour (torchvision's default, the release's): no value is interpolated.
+  turned = X.affine_grey(sq, 13.0, 1.1)
+  assert set(np.unique(turned)) <= set(np.unique(sq)) | {0.0}
+  assert np.count_nonzero(turned != 0) > 0.8 * sq.size
   x = X.normalise(np.array([[X.MEAN, 1.0]], np.float32), 3)
   assert x.shape == (1, 2, 3) and x.dtype == np.float32
   np.testing.assert_allclose(x[0, :, 0], [0.0, (1 - 0.4978) / 0.2449], atol=1e-6)

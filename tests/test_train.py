@@ -87,21 +87,59 @@ def test_gradient_accumulation_averages_microbatch_losses(tiny_data_dir):
   config.train.grad_accum_steps = 2
   mesh = sharding.make_mesh(config)
   model = ssacl.build_model(config.model)
-  batch, tokens = random_batch(config, 8)
+  batch, tokens = random_batch(config, 16)
   setup = train.setup_state(config, model, mesh, tokens)
   state = setup.init_fn(jax.random.key(0))
   params = jax.device_get(state["params"])
   base_key = jax.random.key(1)
-  new_state, metrics = jax.jit(train.make_train_step(config, setup))(state, batch, *tokens, base_key)
+  # One row of each microbatch per device: L_cl and L_ac still contrast the whole
+  # microbatch of 8, as the release gathers each micro-step's batch over its GPUs.
+  sharded = jax.device_put(batch, jax.sharding.NamedSharding(mesh, sharding.batch_spec(config)))
+  assert len(sharded["image"].sharding.device_set) == 8
+  new_state, metrics = jax.jit(train.make_train_step(config, setup))(state, sharded, *tokens,
+                                                                     base_key)
   # Microbatch i holds rows i, i + 2, ...; its masking key is fold_in(fold_in(key, step), i).
   step_key = jax.random.fold_in(base_key, 0)
-  losses = []
+  micro_metrics = []
   for i in range(2):
     micro = {k: v[i::2] for k, v in batch.items()}
-    loss, _ = model.apply({"params": params}, micro, *tokens,
-                          rngs={"mask": jax.random.fold_in(step_key, i)})
-    losses.append(float(loss))
-  np.testing.assert_allclose(float(metrics["loss"]), np.mean(losses), rtol=1e-5)
+    _, m = model.apply({"params": params}, micro, *tokens,
+                       rngs={"mask": jax.random.fold_in(step_key, i)})
+    micro_metrics.append(m)
+  for k in ("loss", "loss_cl", "loss_ac"):
+    np.testing.assert_allclose(float(metrics[k]), np.mean([float(m[k]) for m in micro_metrics]),
+                               rtol=1e-5, err_msg=k)
   assert int(new_state["step"]) == 1 and bool(metrics["finite"])
   moved = jax.device_get(new_state["params"])["report_decoder"]["wte"]["embedding"]
   assert not np.allclose(moved, params["report_decoder"]["wte"]["embedding"])
+
+
+def release_learning_rate(epoch, o, epochs):
+  """util/lr_sched.adjust_learning_rate of the release, `epoch` fractional."""
+  if epoch < o.warmup_epochs:
+    return min(o.learning_rate, o.init_learning_rate
+               + (o.learning_rate - o.init_learning_rate) * epoch / o.warmup_epochs)
+  return o.end_learning_rate + (o.learning_rate - o.end_learning_rate) * 0.5 * (
+      1.0 + np.cos(np.pi * (epoch - o.warmup_epochs) / (epochs - o.warmup_epochs)))
+
+
+def test_epochs_give_the_step_counts_and_the_release_learning_rate(caplog):
+  from configs import ssacl_vitb16
+  from ssacl_jax import optim
+  config = ssacl_vitb16.get_config("batch=32")
+  assert (config.train.num_epochs, config.optim.warmup_epochs) == (51, 2)
+  # 1000 examples, global batch 32: 31 full batches an epoch (the last, partial one dropped).
+  with caplog.at_level("INFO"):
+    resolved = optim.with_schedule(config, 1000)
+  assert (resolved.train.num_steps, resolved.optim.warmup_steps) == (51 * 31, 2 * 31)
+  assert "1581 optimizer steps, 62 of warm-up (1000 examples" in caplog.text
+  assert (config.train.num_steps, config.optim.warmup_steps) == (0, 0)  # a copy
+  schedule = optim.learning_rate_schedule(resolved)
+  steps = np.arange(resolved.train.num_steps)
+  want = [release_learning_rate(s / 31, resolved.optim, 51) for s in steps]
+  np.testing.assert_allclose(np.asarray(schedule(steps)), want, rtol=1e-5, atol=1e-9)
+  # Step counts set by hand win.
+  config.train.num_steps, config.optim.warmup_steps = 10, 3
+  assert optim.schedule_steps(config, 1000) == (10, 3, 31)
+  with pytest.raises(ValueError, match="1000 examples give no full global batch of 2048"):
+    optim.schedule_steps(ssacl_vitb16.get_config("batch=2048"), 1000)

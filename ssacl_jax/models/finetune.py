@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from ssacl_jax import layers, optim
-from ssacl_jax.models.image import ImageEncoder
+from ssacl_jax.models.image import ImageEncoder, position_table
 from ssacl_jax.models.ssacl import dtype_from_name
 
 CLASSIFICATION, SEGMENTATION = "classification", "segmentation"
@@ -100,7 +100,8 @@ class Finetuner(nn.Module):
     e = m.encoder
     self.image_encoder = ImageEncoder(m.image_size, m.patch, m.channels, e.width, e.depth,
                                       e.num_heads, e.mlp_dim, remat=m.remat,
-                                      scan_layers=m.scan_layers, **kw)
+                                      scan_layers=m.scan_layers,
+                                      position_table=position_table(m, "image_encoder"), **kw)
     if f.kind == CLASSIFICATION:
       self.head = layers.dense(self.num_classes, ("embed", None), **kw,
                                kernel_init=nn.initializers.zeros)

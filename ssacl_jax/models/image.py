@@ -41,6 +41,12 @@ def query_attention_bias(num_head_tokens: int, num_patches: int):
   return jnp.asarray(np.where(allowed, 0.0, layers.NEG_INF), jnp.float32)[None, None]
 
 
+def position_table(model_config, part: str) -> str:
+  """The fixed position formula of `part` ('image_encoder' or 'image_decoder'),
+  config.model.position_tables; configs saved before that field used MAE's."""
+  return model_config.get("position_tables", {}).get(part, "mae")
+
+
 def param_vector(module, name, width, param_dtype, stddev=0.02):
   return module.param(
       name, nn.with_logical_partitioning(nn.initializers.normal(stddev), ("embed",)),
@@ -48,7 +54,8 @@ def param_vector(module, name, width, param_dtype, stddev=0.02):
 
 
 class ImageEncoder(nn.Module):
-  """ViT with fixed 2-D sin-cos positions (CLS position zero), pre-norm blocks."""
+  """ViT with fixed 2-D sin-cos positions (CLS position zero; `position_table`, a
+  layers.POSITION_FORMULAS name), pre-norm blocks."""
   image_size: int = 224
   patch: int = 16
   channels: int = 3
@@ -59,6 +66,7 @@ class ImageEncoder(nn.Module):
   eps: float = 1e-6
   remat: bool = False
   scan_layers: bool = False
+  position_table: str = "mae"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -83,7 +91,8 @@ class ImageEncoder(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = patchify(images.astype(self.dtype), self.patch)
     x = layers.dense(self.width, ("patch", "embed"), name="patch_embed", **kw)(x)
-    x = x + jnp.asarray(layers.sincos_2d(self.width, self.grid), self.dtype)[None]
+    pos = layers.sincos_2d(self.width, self.grid, self.position_table)
+    x = x + jnp.asarray(pos, self.dtype)[None]
     x = layers.constrain(x, ("batch", "length", "act_embed"))
     if mask_ratio > 0:
       keep, mask, ids_restore = random_masking(rng, b, self.num_patches, mask_ratio)
@@ -120,6 +129,7 @@ class ImageDecoder(nn.Module):
   eps: float = 1e-6
   remat: bool = False
   scan_layers: bool = False
+  position_table: str = "mae"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -141,7 +151,7 @@ class ImageDecoder(nn.Module):
     patches = jnp.concatenate([x[:, 1:], fill], axis=1)
     patches = jnp.take_along_axis(patches, ids_restore[..., None], axis=1)
     grid = int(round(self.num_patches ** 0.5))
-    pos = jnp.asarray(layers.sincos_2d(self.width, grid), x.dtype)
+    pos = jnp.asarray(layers.sincos_2d(self.width, grid, self.position_table), x.dtype)
     x = jnp.concatenate([x[:, :1], patches + pos[None]], axis=1)
     x, _, _ = self.blocks(x)
     return self.head(self.norm(x))[:, 1:]

@@ -1,4 +1,6 @@
-"""GPT-2 style report decoder (SPEC 2): causal, pre-norm, tied output embedding, KV cache.
+"""GPT-2 style report decoder (SPEC 2): causal, pre-norm, tied output embedding, KV cache;
+in training, dropout on the input embeddings (prefix included, as HF GPT-2 drops
+inputs_embeds + positions), every block's residual branches and attention probabilities.
 
 Positions are 0..S-1 over the whole sequence, prefix included. In generation a row's
 tokens keep the positions they have in training even when the cache holds padding
@@ -30,6 +32,7 @@ class ReportDecoder(nn.Module):
   eps: float = 1e-5
   remat: bool = False
   scan_layers: bool = False
+  dropout: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -40,7 +43,7 @@ class ReportDecoder(nn.Module):
                          stddev=0.01, **kw)
     self.blocks = layers.BlockStack(self.depth, self.num_heads, self.mlp_dim, self.eps,
                                     activation="gelu_tanh", remat=self.remat,
-                                    scan=self.scan_layers, **kw)
+                                    scan=self.scan_layers, dropout=self.dropout, **kw)
     self.norm = layers.layer_norm(self.eps, **kw)
 
   def embed_tokens(self, ids):
@@ -68,7 +71,7 @@ class ReportDecoder(nn.Module):
       causal = jnp.where(key_slots[None, :] <= slots[:, None], 0.0, layers.NEG_INF)[None, None]
     if positions is None:
       positions = slots[None]
-    x = embeds + self.wpe(positions)
+    x = layers.dropout(self, embeds + self.wpe(positions), self.dropout)
     x = layers.constrain(x, ("batch", "length", "act_embed"))
     bias = causal + layers.key_mask_bias(key_valid)
     x, new_caches, _ = self.blocks(x, bias, caches=caches, cache_index=cache_index)

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from ssacl_jax import anatomy, layers, losses
-from ssacl_jax.models.image import ImageDecoder, ImageEncoder
+from ssacl_jax.models.image import ImageDecoder, ImageEncoder, position_table
 from ssacl_jax.models.report import CACHE_SLOT_AXIS, ReportDecoder
 from ssacl_jax.models.text import TextEncoder
 
@@ -38,19 +38,22 @@ class SSACL(nn.Module):
     c = self.config
     kw = dict(dtype=dtype_from_name(c.dtype), param_dtype=dtype_from_name(c.param_dtype))
     e, d, t, r = c.encoder, c.image_decoder, c.text, c.report
+    dropout = c.get("dropout", 0.0)  # workdirs saved before the field trained without
     self.image_encoder = ImageEncoder(
         c.image_size, c.patch, c.channels, e.width, e.depth, e.num_heads, e.mlp_dim,
-        remat=c.remat, scan_layers=c.scan_layers, **kw)
+        remat=c.remat, scan_layers=c.scan_layers,
+        position_table=position_table(c, "image_encoder"), **kw)
     num_patches = (c.image_size // c.patch) ** 2
     self.image_decoder = ImageDecoder(
         num_patches, c.patch, c.channels, d.width, d.depth, d.num_heads, d.mlp_dim,
-        remat=c.remat, scan_layers=c.scan_layers, **kw)
+        remat=c.remat, scan_layers=c.scan_layers,
+        position_table=position_table(c, "image_decoder"), **kw)
     self.text_encoder = TextEncoder(
         t.vocab_size, t.max_len, t.width, t.depth, t.num_heads, t.mlp_dim, remat=c.remat,
-        scan_layers=c.scan_layers, **kw)
+        scan_layers=c.scan_layers, dropout=dropout, **kw)
     self.report_decoder = ReportDecoder(
         r.vocab_size, r.max_positions, r.width, r.depth, r.num_heads, r.mlp_dim,
-        remat=c.remat, scan_layers=c.scan_layers, **kw)
+        remat=c.remat, scan_layers=c.scan_layers, dropout=dropout, **kw)
     self.image_to_text = layers.dense(t.width, ("embed", "mlp"), **kw)
     self.text_to_query = layers.dense(e.width, ("mlp", "embed"), **kw)
     self.to_decoder = layers.dense(r.width, ("embed", "mlp"), **kw)
@@ -168,7 +171,8 @@ class SSACL(nn.Module):
 
   # -- the training forward -----------------------------------------------------------------
   def __call__(self, batch, anatomy_ids, anatomy_mask):
-    """Returns (total loss, metrics). Needs rngs={'mask': key}.
+    """Returns (total loss, metrics). Needs rngs={'mask': key}; with a 'dropout' key too
+    (the train step's) the text encoder and report decoder drop at model.dropout.
 
     A term whose `loss_weights` entry is 0.0 is not computed (an MAE-only warm start,
     `ir` alone, costs one MAE pass); its metric reads 0.0. Init computes every term, so the

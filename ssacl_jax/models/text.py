@@ -1,4 +1,6 @@
-"""BERT-style text encoder with pooler (SPEC 2): post-norm, GELU, eps 1e-12."""
+"""BERT-style text encoder with pooler (SPEC 2): post-norm, GELU, eps 1e-12; in training,
+dropout on the embeddings, every block's branches and attention probabilities (HF BERT's
+hidden_dropout_prob and attention_probs_dropout_prob)."""
 from __future__ import annotations
 
 from typing import Any
@@ -27,6 +29,7 @@ class TextEncoder(nn.Module):
   eps: float = 1e-12
   remat: bool = False
   scan_layers: bool = False
+  dropout: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -44,10 +47,11 @@ class TextEncoder(nn.Module):
     # gradient is a scatter-add of B*L rows into one (26% of the paper step on an H200).
     x = x + pos(jnp.arange(ids.shape[-1]))[None] + typ(jnp.zeros((1, 1), jnp.int32))
     x = layers.layer_norm(self.eps, name="embed_norm", **kw)(x)
+    x = layers.dropout(self, x, self.dropout)
     x = layers.constrain(x, ("batch", "length", "act_embed"))
     x, _, _ = layers.BlockStack(self.depth, self.num_heads, self.mlp_dim, self.eps,
                                 pre_norm=False, remat=self.remat, scan=self.scan_layers,
-                                name="blocks", **kw)(
+                                dropout=self.dropout, name="blocks", **kw)(
                                     x, layers.key_mask_bias(mask))
     pooled = jnp.tanh(layers.dense(self.width, ("embed", "mlp"), name="pooler", **kw)(x[:, 0]))
     return x, pooled
