@@ -75,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   m.ac_lambda = 0.1
   m.ac_chunk_size = 0          # 0: no chunking of the [B, B, K, K] consistency logits
   m.share_unmasked_pass = True
+  m.lm_anatomy_mask = True     # L_lm/generation: a leaf is visible only under the sample's
+                               # regions (SPEC 3.6); False: every leaf visible (an ablation)
   m.loss_weights = dict(ir=1.0, cl=0.15, lm=1.0, ar=1.0, ac=1.0)
 
   c.data = d = ml_collections.ConfigDict()
@@ -150,6 +152,7 @@ def base_config() -> ml_collections.ConfigDict:
   e.batch_size = 16
   e.max_examples = 0           # 0: whole split
   e.pathology_source = "head"  # or "oracle_reference_labels": the reference report's labels
+  e.pathology_prompt = True    # prompt generation with those pathologies (False: no prompt)
   e.num_report_card = 8        # studies shown (with heat maps) in report_card.html
   e.decode = dict(method="beam", num_beams=3, max_new_tokens=100, min_new_tokens=80,
                   repetition_penalty=2.0, length_penalty=2.0, top_p=0.9, temperature=1.0)

@@ -56,8 +56,9 @@ def decode_reports(tok, tokens, lengths) -> list[str]:
   return out
 
 
-def labels_to_prompt_and_mask(labels):
-  prompts = [anatomy.prompt_text(l) for l in labels]
+def labels_to_prompt_and_mask(labels, prompt: bool = True):
+  """Pathology prompts ('' for all with prompt False: `eval.pathology_prompt`) and leaf masks."""
+  prompts = [anatomy.prompt_text(l) if prompt else "" for l in labels]
   masks = np.stack([anatomy.leaf_mask_from_labels(l) for l in labels]).astype(np.int32)
   return prompts, masks
 
@@ -100,7 +101,7 @@ def collect(r: inference.Restored, split: str, head, cfg) -> dict:
     else:
       predicted = pathology_head.positives_from_head(head, feats)
       out["head_proba"].append(pathology_head.predict_proba(head, feats)[valid])
-    prompts, leaf_masks = labels_to_prompt_and_mask(predicted)
+    prompts, leaf_masks = labels_to_prompt_and_mask(predicted, cfg.get("pathology_prompt", True))
     prompt_ids, prompt_mask = prompt_batch(dec_tok, prompts, d.prompt_len)
     gen = generate.generate_reports(r.model, {"params": r.params}, batch["image"],
                                     *r.anatomy_tokens, jnp.asarray(leaf_masks), decode_cfg,
