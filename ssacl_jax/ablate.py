@@ -11,12 +11,13 @@ from its last checkpoint; the head and eval are redone).
 
 Writes WORKDIR/ablation.json and WORKDIR/ablation.md: a row per variant, the `COLUMNS`
 below, each with its study-level 95% interval when metrics.json has "ci95", and each
-ablation's paired comparison with the full model (`paired_with_full`).
+ablation's paired comparison with the full model (`paired_with_full`: variant minus full,
+by `ssacl_jax.compare` where that module is importable).
 """
 from __future__ import annotations
 
-import importlib
 import json
+import logging
 import pathlib
 
 from ssacl_jax import demo  # first: sets XLA_FLAGS before anything imports jax
@@ -63,17 +64,18 @@ def run_variant(config, workdir: pathlib.Path, name: str) -> None:
   (workdir / "demo_times.json").write_text(json.dumps(times, indent=1))
 
 
-def paired_with_full(full_dir: pathlib.Path, variant_dir: pathlib.Path):
-  """The paired bootstrap of a variant against the full model: `ssacl_jax.compare.paired(
-  RUN_A, RUN_B)` on the two workdirs (issue 11), or None while that function is absent."""
+def paired_with_full(full_eval: pathlib.Path, variant_eval: pathlib.Path):
+  """{metric: {"a", "b", "difference", "ci95", "p_value"}} of the variant (a) against the
+  full model (b) by the paired study-level bootstrap, `ssacl_jax.compare.compare` (issue 11),
+  over the table's columns; None where that module is not importable or an eval has no
+  per-study scores (one written before issue 11)."""
   try:
-    compare = importlib.import_module("ssacl_jax.compare")
-  except ModuleNotFoundError as e:
-    if e.name != "ssacl_jax.compare":
-      raise
+    from ssacl_jax import compare
+    rows = compare.compare(variant_eval, full_eval)
+  except (ImportError, FileNotFoundError) as e:
+    logging.warning("no paired comparison with the full model: %s", e)
     return None
-  paired = getattr(compare, "paired", None)
-  return None if paired is None else paired(str(full_dir), str(variant_dir))
+  return {k: rows[k] for _, k in COLUMNS if k in rows}
 
 
 def read_row(config, workdir: pathlib.Path, name: str) -> dict:
@@ -110,10 +112,16 @@ def markdown(rows: list[dict]) -> str:
   compared = [r for r in rows if r["variant"] != FULL]
   if any(r["paired_with_full"] is None for r in compared):
     lines += ["", "Paired comparison with the full model: not available (needs the full "
-                  "variant and `ssacl_jax.compare.paired`)."]
-  for r in compared:
-    if r["paired_with_full"] is not None:
-      lines.append(f"- {r['variant']} vs full: `{json.dumps(r['paired_with_full'])}`")
+                  "variant and `ssacl_jax.compare`)."]
+  paired = [r for r in compared if r["paired_with_full"] is not None]
+  if paired:
+    lines += ["", "Variant minus full, with the paired bootstrap's 95% interval:", "",
+              lines[0], lines[1]]
+    for r in paired:
+      d = r["paired_with_full"]
+      cells = [format_cell(d[k]["difference"], d[k]["ci95"]) if k in d else "n/a"
+               for _, k in COLUMNS]
+      lines.append(f"| {r['variant']} - full | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -125,8 +133,11 @@ def run_ablations(base, workdir, variants=tuple(demo_configs.ABLATIONS)) -> list
     run_variant(config, workdir / name, name)
   rows = [read_row(config, workdir / name, name) for name, config in configs.items()]
   for row in rows:
-    row["paired_with_full"] = (paired_with_full(workdir / FULL, workdir / row["variant"])
-                               if FULL in configs and row["variant"] != FULL else None)
+    name = row["variant"]
+    row["paired_with_full"] = (
+        paired_with_full(demo.eval_dir(configs[FULL], workdir / FULL),
+                         demo.eval_dir(configs[name], workdir / name))
+        if FULL in configs and name != FULL else None)
   (workdir / "ablation.json").write_text(json.dumps(
       {"columns": dict(COLUMNS), "random_map": dict(RANDOM_MAP), "rows": rows}, indent=1))
   (workdir / "ablation.md").write_text(markdown(rows))

@@ -1,6 +1,6 @@
 """Issue 20's ablations: the config variants, their switches, and the runner's table."""
 import json
-import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -88,37 +88,79 @@ def test_cell_shows_the_interval_when_metrics_have_one():
   assert ablate.format_cell(None) == "n/a"
 
 
-def test_runner_tables_two_variants_and_reuses_them(tiny_data_dir, tmp_path, monkeypatch):
+def test_runner_reruns_only_unfinished_variants_and_shows_intervals(tmp_path, monkeypatch):
+  """The runner's bookkeeping, with the recipe replaced by one writing a metrics.json."""
+  calls = []
+
+  def fake_run(config, workdir, tag):
+    calls.append(tag)
+    if tag == "ablate:ac" and calls.count(tag) == 1:
+      raise KeyboardInterrupt  # interrupted before its eval
+    metrics = {k: config.model.loss_weights.ac + i / 100 for i, (_, k) in enumerate(ablate.COLUMNS)}
+    metrics["ci95"] = {"language/BLEU_4": [0.5, 0.75]}
+    demo.eval_dir(config, workdir).mkdir(parents=True)
+    (demo.eval_dir(config, workdir) / "metrics.json").write_text(json.dumps(metrics))
+    return {"total_s": 1.0}
+
+  monkeypatch.setattr(demo, "run", fake_run)
+  base = demo_configs.get_config()
+  with pytest.raises(KeyboardInterrupt):
+    ablate.run_ablations(base, tmp_path, ["full", "ac"])
+  rows = ablate.run_ablations(base, tmp_path, ["full", "ac"])
+  assert calls == ["ablate:full", "ablate:ac", "ablate:ac"]   # full reused, ac resumed
+  table = (tmp_path / "ablation.md").read_text().splitlines()
+  assert table[2].startswith("| full (full SS-ACL) | 1.000 [0.500, 0.750] | 1.010 | 1.020 |")
+  assert table[3].startswith("| ac (without L_ac) | 0.000 [0.500, 0.750] | 0.010 | 0.020 |")
+  assert [r["times_s"] for r in rows] == [{"total_s": 1.0}] * 2
+
+
+@pytest.mark.ablate
+def test_runner_tables_two_variants_and_reuses_them(tiny_data_dir, uninterrupted, tmp_path,
+                                                    monkeypatch):
+  """End to end on two tiny variants: about 1.5 min of CPU, so opt-in (-m ablate)."""
   from test_evaluate import eval_config
   base = eval_config(tiny_data_dir)
-  base.train.num_steps = 2
-  base.warm_start.steps = 1
+  base.train.num_steps = 6          # as the `uninterrupted` run
+  base.warm_start.steps = 0
   base.head.steps = 5
-  base.eval.decode.max_new_tokens = 4
+  base.eval.decode.method, base.eval.decode.max_new_tokens = "greedy", 4
   base.eval.num_report_card = 1
+  # `full` was interrupted after training (the session's 6-step run): it resumes there,
+  # fitting the head and evaluating only; `ar_ac` runs from scratch.
+  shutil.copytree(uninterrupted, tmp_path / "full")
+  trained_steps = (tmp_path / "full" / "metrics.jsonl").read_text()
   rows = ablate.run_ablations(base, tmp_path, ["full", "ar_ac"])
+  assert (tmp_path / "full" / "metrics.jsonl").read_text() == trained_steps  # no step redone
 
   table = (tmp_path / "ablation.md").read_text().splitlines()
   assert table[0] == "| variant | " + " | ".join(h for h, _ in ablate.COLUMNS) + " |"
   body = [line.split(" | ") for line in table[2:4]]
   assert [cells[0] for cells in body] == ["| full (full SS-ACL)", "| ar_ac (without L_ar and L_ac)"]
-  for name, cells in zip(["full", "ar_ac"], body):
-    metrics = json.loads((tmp_path / name / "eval" / "test" / "metrics.json").read_text())
-    assert [c.strip(" |") for c in cells[1:]] == [f"{metrics[k]:.3f}" for _, k in ablate.COLUMNS]
+  evals = {name: tmp_path / name / "eval" / "test" for name in ("full", "ar_ac")}
+  for name, cells in zip(evals, body):
+    metrics = json.loads((evals[name] / "metrics.json").read_text())
+    assert [c.strip(" |") for c in cells[1:]] == [
+        ablate.format_cell(metrics[k], metrics.get("ci95", {}).get(k)) for _, k in ablate.COLUMNS]
   saved_text = (tmp_path / "ablation.json").read_text()
   saved = json.loads(saved_text)
   assert [r["variant"] for r in saved["rows"]] == ["full", "ar_ac"] == [r["variant"] for r in rows]
-  assert saved["rows"][1]["paired_with_full"] is None   # no ssacl_jax.compare on this branch
+  try:
+    from ssacl_jax import compare
+  except ImportError:   # issue 11's module is not on this branch
+    assert rows[1]["paired_with_full"] is None
+  else:
+    paired = compare.compare(evals["ar_ac"], evals["full"])
+    assert rows[1]["paired_with_full"] == {k: paired[k] for _, k in ablate.COLUMNS if k in paired}
 
-  # The variant really trained without L_ar and L_ac (not computed: 0), the full model with.
+  # ar_ac really trained without L_ar and L_ac (not computed: 0); the full run with them.
   def last_losses(name):
     lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(l) for l in lines if "loss_ar" in json.loads(l)][-1]
+    return [r for r in map(json.loads, lines) if "loss_ar" in r][-1]
   assert last_losses("ar_ac")["loss_ar"] == last_losses("ar_ac")["loss_ac"] == 0.0
   assert last_losses("full")["loss_ar"] > 0 and last_losses("full")["loss_ac"] > 0
 
   # A second invocation reuses both finished variants: nothing trains or evaluates again.
-  finished = [tmp_path / n / "eval" / "test" / "metrics.json" for n in ("full", "ar_ac")]
+  finished = [evals[name] / "metrics.json" for name in evals]
   mtimes = [p.stat().st_mtime_ns for p in finished]
   monkeypatch.setattr(demo, "run", lambda *a, **k: pytest.fail("a finished variant was rerun"))
   again = ablate.run_ablations(base, tmp_path, ["full", "ar_ac"])
