@@ -2,7 +2,8 @@
 
   python -m ssacl_jax.main --config configs/demo.py --workdir runs/demo
 
-Variants: `steps=N`, `batch=N`, `warm_steps=N` (0: no warm start).
+Variants: `steps=N`, `batch=N`, `warm_steps=N` (0: no warm start), `ablate=NAME`: one of
+`ABLATIONS` below, the fields it changes (`python -m ssacl_jax.ablate` runs them all).
 
 `python -m ssacl_jax.demo` first runs `warm_start`: the same config with L_ir and L_cl
 alone (`model.loss_weights`; the other terms are not computed) for `warm_steps` steps into
@@ -20,12 +21,38 @@ signal and L_cl at chance, README "Demo results"). By hand:
       --config.init.parts=image_encoder,image_decoder,text_encoder,image_to_text,visible_w,visible_b,logit_scale
 """
 import ml_collections
+from ml_collections.config_flags import config_path
 
 from ssacl_jax import config_lib
 
+# Each ablation of issue 20: what it leaves out, and the config fields that do it (every
+# other field as in the full model). Without L_cl the warm start is L_ir alone, so no stage
+# sees L_cl (the text encoder and contrastive projection leave stage 0 as initialised).
+ABLATIONS = {
+    "full": ("full SS-ACL", {}),
+    "ac": ("without L_ac", {"model.loss_weights.ac": 0.0}),
+    "ar": ("without L_ar", {"model.loss_weights.ar": 0.0}),
+    "ar_ac": ("without L_ar and L_ac",
+              {"model.loss_weights.ar": 0.0, "model.loss_weights.ac": 0.0}),
+    "cl": ("without L_cl (warm start: L_ir alone)",
+           {"model.loss_weights.cl": 0.0, "warm_start.loss_weights.cl": 0.0}),
+    "mask": ("without the anatomy mask in L_lm (every leaf visible)",
+             {"model.lm_anatomy_mask": False}),
+    "prompt": ("without the pathology prompt (training and test)",
+               {"data.prompt_prob": 0.0, "eval.pathology_prompt": False}),
+}
+
+
+def apply_ablation(config, name: str) -> None:
+  """Sets ablation `name`'s fields in config, in place (field references stay live)."""
+  if name not in ABLATIONS:
+    raise config_lib.ConfigError(f"unknown ablation {name!r}; valid: {', '.join(ABLATIONS)}")
+  for field, value in ABLATIONS[name][1].items():
+    config_path.set_value(field, config, value)
+
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, steps=600, batch=32, warm_steps=1500)
+  a = config_lib.parse_arg(arg, steps=600, batch=32, warm_steps=1500, ablate="full")
   c = config_lib.base_config()
   m = c.model
   m.image_size, m.patch = 64, 8
@@ -64,4 +91,5 @@ def get_config(arg=None):
       parts="image_encoder,image_decoder,text_encoder,image_to_text,visible_w,visible_b,"
             "logit_scale",
       loss_weights=dict(ir=1.0, cl=1.0, lm=0.0, ar=0.0, ac=0.0)))
+  apply_ablation(c, a.ablate)
   return c

@@ -85,6 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
   # both from what a release checkpoint holds).
   m.position_tables = dict(image_encoder="mae", image_decoder="release")
   m.dropout = 0.1              # text encoder and report decoder, in training only (SPEC 2)
+  m.lm_anatomy_mask = True     # L_lm/generation: a leaf is visible only under the sample's
+                               # regions (SPEC 3.6); False: every leaf visible (an ablation)
   m.loss_weights = dict(ir=1.0, cl=0.15, lm=1.0, ar=1.0, ac=1.0)
 
   c.data = d = ml_collections.ConfigDict()
@@ -167,6 +169,7 @@ def base_config() -> ml_collections.ConfigDict:
   e.batch_size = 16
   e.max_examples = 0           # 0: whole split
   e.pathology_source = "head"  # or "oracle_reference_labels": the reference report's labels
+  e.pathology_prompt = True    # prompt generation with those pathologies (False: no prompt)
   e.num_report_card = 0        # studies in report_card.html's browser (0: every one)
   e.labeler = "rules"          # clinical-efficacy labeler: "rules" or "chexbert" (SPEC 5)
   e.chexbert_checkpoint = ""   # the user's chexbert.pth, for labeler "chexbert"

@@ -4,6 +4,7 @@
 
 Each stage is the same code `python -m ssacl_jax.main --mode train|head|eval` runs; a
 stage whose outputs exist is resumed or reused, so running the demo twice is cheap.
+`run` is the recipe itself; `python -m ssacl_jax.ablate` runs it once per ablation.
 
 When the config has `warm_start.steps > 0`, training has two stages
 (`config_lib.warm_start_configs`): stage 0 trains the same config with
@@ -36,8 +37,14 @@ def eta_seconds(plan, done: int, elapsed: float) -> float:
   return speed * sum(expected[done:])
 
 
-def run(config, workdir) -> None:
-  """The four stages (three without a warm start), each announced with the time left."""
+def eval_dir(config, workdir) -> pathlib.Path:
+  """Where the eval stage writes metrics.json, reports and the report card."""
+  return pathlib.Path(workdir) / "eval" / config.eval.split
+
+
+def run(config, workdir, tag: str = "demo") -> dict:
+  """The four stages (three without a warm start), each announced with the time left.
+  Returns the stage times (s)."""
   import jax
   from ssacl_jax import config_lib, evaluate, pathology_head, train
   config_lib.validate(config)
@@ -49,11 +56,11 @@ def run(config, workdir) -> None:
 
   def begin(k: int, what: str) -> float:
     left = eta_seconds(plan, k, time.time() - start)
-    print(f"[demo] stage {k + 1} of {len(plan)}: {what} (about {left / 60:.0f} min left "
+    print(f"[{tag}] stage {k + 1} of {len(plan)}: {what} (about {left / 60:.0f} min left "
           "in all)", flush=True)
     return time.time()
 
-  print(f"[demo] data: {config.data.dataset} in {os.path.abspath(config.data.data_dir)} "
+  print(f"[{tag}] data: {config.data.dataset} in {os.path.abspath(config.data.data_dir)} "
         f"(--config.data.data_dir); workdir: {os.path.abspath(workdir)}", flush=True)
   for k, (stage_config, stage_dir) in enumerate(stages[:-1]):
     w = {n: v for n, v in stage_config.model.loss_weights.items() if v}
@@ -72,21 +79,28 @@ def run(config, workdir) -> None:
   evaluate.evaluate(config, workdir)
   times["eval_s"] = time.time() - t
   times["total_s"] = time.time() - start
-  print(json.dumps({"demo_times": {n: round(v, 1) for n, v in times.items()}}))
-  card = pathlib.Path(workdir) / "eval" / config.eval.split / "report_card.html"
-  print(f"[demo] done on {jax.device_count()} device(s). Open the report card in a browser: "
+  print(json.dumps({f"{tag}_times": {n: round(v, 1) for n, v in times.items()}}))
+  card = eval_dir(config, workdir) / "report_card.html"
+  print(f"[{tag}] done on {jax.device_count()} device(s). Open the report card in a browser: "
         f"{card.resolve().as_uri()}")
+  return times
 
 
-def _cli() -> None:
-  """Flags are defined here, not at import, so importing this module defines none."""
+def define_flags(default_workdir: str):
+  """--config (configs/demo.py) and --workdir, defined only when run as a program (the demo
+  and the ablation runner), so importing this module defines none."""
   from absl import flags
   from ml_collections import config_flags
-  from ssacl_jax import cli
   config = config_flags.DEFINE_config_file(
       "config", str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"),
       "Config file.", lock_config=True)
-  workdir = flags.DEFINE_string("workdir", "runs/demo", "Work directory.")
+  workdir = flags.DEFINE_string("workdir", default_workdir, "Work directory.")
+  return config, workdir
+
+
+def _cli() -> None:
+  from ssacl_jax import cli
+  config, workdir = define_flags("runs/demo")
   cli.run_app(lambda argv: run(config.value, workdir.value))
 
 

@@ -67,8 +67,9 @@ def decode_reports(tok, tokens, lengths) -> list[str]:
   return out
 
 
-def labels_to_prompt_and_mask(labels):
-  prompts = [anatomy.prompt_text(l) for l in labels]
+def labels_to_prompt_and_mask(labels, prompt: bool = True):
+  """Pathology prompts ('' for all with prompt False: `eval.pathology_prompt`) and leaf masks."""
+  prompts = [anatomy.prompt_text(l) if prompt else "" for l in labels]
   masks = np.stack([anatomy.leaf_mask_from_labels(l) for l in labels]).astype(np.int32)
   return prompts, masks
 
@@ -93,7 +94,8 @@ def _text_embeddings(model, ids, mask):
 def generate_batch(r: inference.Restored, batch, predicted, decode_cfg) -> list[str]:
   """Reports for a model batch, prompted by the positive pathologies in `predicted`."""
   dec_tok = r.tokenizers[1]
-  prompts, leaf_masks = labels_to_prompt_and_mask(predicted)
+  prompts, leaf_masks = labels_to_prompt_and_mask(predicted,
+                                                  r.config.eval.get("pathology_prompt", True))
   prompt_ids, prompt_mask = prompt_batch(dec_tok, prompts, r.config.data.prompt_len)
   gen = generate.generate_reports(r.model, {"params": r.params}, batch["image"],
                                   *r.anatomy_tokens, jnp.asarray(leaf_masks), decode_cfg,

@@ -113,7 +113,8 @@ def predict(r: inference.Restored, workdir, image_path, grey, phrases, out_dir) 
     probs = pathology_head.predict_proba(head, np.asarray(feats))[0]
   except FileNotFoundError:
     head, labels, probs = None, np.zeros((1, anatomy.NUM_PATHOLOGIES), np.int8), None
-  prompts, leaf_masks = evaluate.labels_to_prompt_and_mask(labels)
+  prompts, leaf_masks = evaluate.labels_to_prompt_and_mask(
+      labels, c.eval.get("pathology_prompt", True))
   dec_tok = r.tokenizers.decoder
   prompt_ids, prompt_mask = evaluate.prompt_batch(dec_tok, prompts, c.data.prompt_len)
   cfg = generate.decode_config(c.eval.decode, eos_id=dec_tok.newline_id, pad_id=dec_tok.pad_id)

@@ -83,10 +83,15 @@ class SSACL(nn.Module):
                               return_attention=return_attention)
 
   def decoder_prefix(self, leaf_tokens, cls_token, patch_tokens, leaf_mask):
-    """Prefix embeddings [B, K + 1 + N, Wd] and their key mask (SPEC 3.6)."""
+    """Prefix embeddings [B, K + 1 + N, Wd] and their key mask (SPEC 3.6).
+
+    With `model.lm_anatomy_mask` False (an ablation) every leaf is visible, whatever leaf_mask.
+    """
     tokens = jnp.concatenate([leaf_tokens, cls_token[:, None], patch_tokens], axis=1)
     prefix = self.to_decoder(tokens)
     b, n = patch_tokens.shape[:2]
+    if not self.config.get("lm_anatomy_mask", True):  # configs saved before the field: True
+      leaf_mask = jnp.ones_like(leaf_mask)
     valid = jnp.concatenate([leaf_mask.astype(jnp.int32), jnp.zeros((b, 1), jnp.int32),
                              jnp.ones((b, n), jnp.int32)], axis=1)
     return prefix, valid
