@@ -279,6 +279,7 @@ def finetune_config(arg, *, dataset: str, kind: str, base=None):
   c.data.affine_scale = (0.9, 1.1)
   c.init.checkpoint = a.init
   c.init.parts = "image_encoder"
+  c.init.required = ""  # the encoder comes from a pretraining run, not from GPT-2 / MAE
   c.optim.freeze = "image_encoder" if a.linear_probe else ""
   c.optim.learning_rate = a.lr or (1e-2 if a.linear_probe else 1e-4)
   c.optim.warmup_steps = max(1, a.steps // 20)
