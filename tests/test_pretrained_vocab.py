@@ -80,6 +80,11 @@ def test_paper_configs_stop_without_pretrained_weights(tiny_data_dir, tmp_path):
     assert get("from_scratch").init.required == ""
     config_lib.check_required_init(get("from_scratch"))
   assert tiny_config().init.required == ""
+  # The release's lengths, in decoder-tokenizer (GPT-2 BPE) tokens.
+  paper = ssacl_vitb16.get_config()
+  config_lib.validate(paper)
+  assert (paper.data.report_len, paper.data.prompt_len, paper.data.decoder_len) == (100, 100, 202)
+  assert (paper.eval.decode.min_new_tokens, paper.eval.decode.max_new_tokens) == (80, 100)
 
 
 def test_decoder_vocabulary_mismatch_names_both_sizes_and_sources(tiny_data_dir, weights,
@@ -108,6 +113,7 @@ def test_decoder_vocabulary_mismatch_names_both_sizes_and_sources(tiny_data_dir,
     data_lib.load_tokenizers(config)
 
 
+@pytest.mark.slow
 def test_paper_config_trains_and_evaluates_from_gpt2_and_mae(tiny_data_dir, weights,
                                                             tmp_path, monkeypatch):
   folder, gpt, mae, mae_state = weights
