@@ -15,6 +15,7 @@ import numpy as np
 
 from input_pipeline import build, builders, features, pipeline, tokenizers as tok_lib
 from input_pipeline.builders import common
+from ssacl_jax import convert
 
 
 def _on_process_zero_then_sync(fn, name: str):
@@ -83,9 +84,19 @@ def tokenizer_scope(config) -> str:
 
 def decoder_tokenizer_source(config) -> str:
   """The report decoder's vocabulary follows its weights: the GPT-2 folder of
-  config.init.gpt2, or '' (a SentencePiece model trained on the training reports)."""
+  config.init.gpt2, or the one the report decoder of config.init.checkpoint started from
+  (its saved config.json: a converted GPT-2 or a run that started from GPT-2), or ''
+  (a SentencePiece model trained on the training reports)."""
   init = config.get("init")
-  return str(init.gpt2) if init and init.gpt2 else ""
+  if not init:
+    return ""
+  if init.gpt2:
+    return str(init.gpt2)
+  takes_decoder = "report_decoder" in (convert.parse_parts(init.parts) or ("report_decoder",))
+  saved = pathlib.Path(str(init.checkpoint)) / "config.json"
+  if not (init.checkpoint and takes_decoder and saved.is_file()):
+    return ""
+  return str(json.loads(saved.read_text()).get("init", {}).get("gpt2", ""))
 
 
 def load_tokenizers(config, train_source=None, workdir=None) -> tok_lib.TokenizerPair:

@@ -113,6 +113,18 @@ def test_decoder_vocabulary_mismatch_names_both_sizes_and_sources(tiny_data_dir,
     data_lib.load_tokenizers(config)
 
 
+def test_a_checkpoint_started_from_gpt2_brings_its_vocabulary(weights, tmp_path):
+  folder = weights[0]
+  out = tmp_path / "converted"
+  config_lib.save_workdir_config(paper_config("", gpt2=folder), out)  # as convert.run writes
+  config = paper_config("")
+  config.init.checkpoint = str(out)
+  assert data_lib.decoder_tokenizer_source(config) == str(folder)
+  assert data_lib.embedding_table(config)[0] == BPE_VOCAB
+  config.init.parts = "image_encoder,text_encoder"  # its decoder not taken: own vocabulary
+  assert data_lib.decoder_tokenizer_source(config) == ""
+
+
 @pytest.mark.slow
 def test_paper_config_trains_and_evaluates_from_gpt2_and_mae(tiny_data_dir, weights,
                                                             tmp_path, monkeypatch):
