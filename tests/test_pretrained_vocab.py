@@ -167,5 +167,6 @@ def test_paper_config_trains_and_evaluates_from_gpt2_and_mae(tiny_data_dir, weig
   assert metrics["examples"] == 4
   assert decoded and all(isinstance(tok, tok_lib.Gpt2BpeTokenizer) and ours == out
                          for tok, ours, out in decoded)
-  rows = [json.loads(l) for l in (workdir / "eval" / "test" / "reports.jsonl").read_text().splitlines()]
+  lines = (workdir / "eval" / "test" / "reports.jsonl").read_text().splitlines()
+  rows = [json.loads(l) for l in lines]
   assert [row["generated"] for row in rows] == [t for _, _, out in decoded for t in out][:4]
