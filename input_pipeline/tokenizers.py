@@ -1,34 +1,37 @@
 """Tokenizers for the SS-ACL text encoder and report decoder (SPEC sections 2, 3).
 
 Two kinds of tokenizer feed the model:
-  text     the BERT-style text encoder's. Our `encode_text` helper prepends a [CLS]-like
-           BOS, whose pooled output is the sentence embedding. Trained SentencePiece models
-           of this kind case-fold (normalisation 'nmt_nfkc_cf'), because the contrastive
-           text, the anatomy names and grounding phrases are all matched lower-case.
+  text     the BERT-style text encoder's. Inputs are built as the release builds them
+           (SPEC 2): a report or prompt is "[CLS] " + text with no [SEP]
+           (`encode_text`); a leaf name or grounding phrase has no [CLS]
+           (`encode_text(..., cls=False)`), so the pooler reads its first piece. The
+           release's vocabulary is a BERT WordPiece `tokenizers` JSON (`WordPieceTokenizer`);
+           trained SentencePiece models (new data sets) case-fold (normalisation
+           'nmt_nfkc_cf'), because the contrastive text, the anatomy names and grounding
+           phrases are all matched lower-case.
   decoder  the report decoder's (GPT-2 style). The newline is one real token: generation
-           stops at it and every training target ends with it. Either a SentencePiece
-           model trained on the training reports (identity normalisation, so the newline
-           and spacing survive) or real GPT-2 byte-level BPE read from local files
-           (newline id 198).
+           stops at it and every training target ends with it. Either GPT-2 byte-level BPE
+           read from the GPT-2 folder the decoder's weights come from (newline id 198), or
+           a SentencePiece model trained on the training reports (identity normalisation,
+           so the newline and spacing survive) for a decoder trained from scratch.
 
 SentencePiece ids are fixed: pad 0, unk 1, bos 2, eos 3 (the decoder kind adds '\n' as
 id 4). GPT-2 has no pad token; by convention pad = bos = eos = <|endoftext|> (50256);
 the decoder's loss mask ignores pads anyway.
 
 GPT-2 BPE is implemented here (byte-to-unicode table, pre-tokenisation regex, rank-ordered
-merges) so no Hugging Face or tiktoken package is needed: it reads either a Hugging Face
-folder (vocab.json + merges.txt) or a `gpt2.tiktoken` ranks file (base64 token and rank
-per line, as the openai-whisper source ships it). The pre-tokenisation pattern needs
-\\p{L} / \\p{N}; the `regex` package is not a dependency, so the classes are built once
-from `unicodedata` for the standard `re` module (tests check both agree where `regex` is
-installed).
+merges) so no Hugging Face or tiktoken package is needed: it reads a Hugging Face folder
+(vocab.json + merges.txt, or a BPE tokenizer.json) or a `gpt2.tiktoken` ranks file (base64
+token and rank per line, as the openai-whisper source ships it). The pre-tokenisation
+pattern needs \\p{L} / \\p{N}; the `regex` package is not a dependency, so the classes are
+built once from `unicodedata` for the standard `re` module (tests check both agree where
+`regex` is installed).
 
 The SS-ACL release's text encoder instead uses a BERT WordPiece vocabulary stored as a
 Hugging Face `tokenizers` JSON file (`WordPieceTokenizer`, also implemented here without
-that package: BERT normalisation and pre-tokenisation, greedy longest-match-first
-WordPiece). Its BERT sees `[CLS] text [SEP]`, so it sets `appends_eos` and `encode_text`
-then ends the sequence with `[SEP]`. The same class reads a plain BERT `vocab.txt` (the
-CheXbert labeler's bert-base-uncased vocabulary).
+that package: BERT normalisation, the release's Whitespace + Digits pre-tokenisation (and
+BERT's), greedy longest-match-first WordPiece). The same class reads a plain BERT
+`vocab.txt` (the CheXbert labeler's bert-base-uncased vocabulary).
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ class Tokenizer(Protocol):
   vocab_size: int
   pad_id: int
   bos_id: int
-  eos_id: int
+  eos_id: int | None          # None: a text vocabulary without [SEP] (the release's)
   newline_id: int | None
 
   def encode(self, text: str) -> list[int]:
@@ -238,15 +241,16 @@ def gpt2_pretokenizer() -> re.Pattern:
 class Gpt2BpeTokenizer:
   """GPT-2 byte-level BPE from local files.
 
-  `path` is a folder with vocab.json + merges.txt (Hugging Face layout), a
-  `*.tiktoken` ranks file, or a folder holding `gpt2.tiktoken`.
+  `path` is a folder with vocab.json + merges.txt or a BPE tokenizer.json (Hugging Face
+  layouts), a `*.tiktoken` ranks file, or a folder holding `gpt2.tiktoken`.
   """
 
   def __init__(self, path: str | os.PathLike):
     path = pathlib.Path(path)
     self.path = str(path)
-    if path.is_dir() and (path / "vocab.json").is_file():
-      encoder, merge_ranks = _read_hf_files(path / "vocab.json", path / "merges.txt")
+    hf_tables = _read_hf_folder(path) if path.is_dir() else None
+    if hf_tables is not None:
+      encoder, merge_ranks = hf_tables
       self._pair_rank = lambda a, b: merge_ranks.get((a, b))
     else:
       if path.is_dir():
@@ -315,8 +319,34 @@ class Gpt2BpeTokenizer:
     return f"Gpt2BpeTokenizer({self.path!r}, vocab_size={self.vocab_size})"
 
 
-def _read_hf_files(vocab_path, merges_path) -> tuple[dict[bytes, int], dict]:
-  """vocab.json / merges.txt (byte-unicode strings) -> bytes-keyed tables."""
+GPT2_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "gpt2.tiktoken")
+
+
+def _read_hf_folder(folder: pathlib.Path) -> tuple[dict[bytes, int], dict] | None:
+  """A Hugging Face GPT-2 folder's (encoder, merge ranks): from vocab.json + merges.txt,
+  else from a BPE tokenizer.json (added tokens such as <|endoftext|> included); None
+  when the folder has neither."""
+  if (folder / "vocab.json").is_file():
+    with open(folder / "vocab.json", encoding="utf-8") as f:
+      vocab = json.load(f)
+    with open(folder / "merges.txt", encoding="utf-8") as f:
+      merges = [l.rstrip("\n") for l in f]
+    return _hf_tables(vocab, [l for l in merges if l and not l.startswith("#version")])
+  if (folder / "tokenizer.json").is_file():
+    path = folder / "tokenizer.json"
+    if _hf_model_type(path) != "BPE":
+      raise ValueError(f"{path}: model type {_hf_model_type(path)!r}, not GPT-2's BPE")
+    with open(path, encoding="utf-8") as f:
+      spec = json.load(f)
+    vocab = dict(spec["model"]["vocab"])
+    vocab.update({a["content"]: int(a["id"]) for a in spec.get("added_tokens") or []})
+    return _hf_tables(vocab, spec["model"]["merges"])
+  return None
+
+
+def _hf_tables(vocab: dict[str, int], merges) -> tuple[dict[bytes, int], dict]:
+  """Byte-unicode strings -> bytes-keyed (encoder, merge ranks); a merge is "a b" or
+  [a, b] (newer tokenizer.json files)."""
   to_byte = {c: b for b, c in bytes_to_unicode().items()}
 
   def as_bytes(token: str) -> bytes:
@@ -324,15 +354,10 @@ def _read_hf_files(vocab_path, merges_path) -> tuple[dict[bytes, int], dict]:
       return token.encode()
     return bytes(to_byte[c] for c in token)
 
-  with open(vocab_path, encoding="utf-8") as f:
-    vocab = json.load(f)
   encoder = {as_bytes(t): int(i) for t, i in vocab.items()}
   merge_ranks = {}
-  with open(merges_path, encoding="utf-8") as f:
-    lines = [l.rstrip("\n") for l in f]
-  lines = [l for l in lines if l and not l.startswith("#version")]
-  for rank, line in enumerate(lines):
-    a, b = line.split(" ")
+  for rank, merge in enumerate(merges):
+    a, b = merge.split(" ") if isinstance(merge, str) else merge
     merge_ranks[(as_bytes(a), as_bytes(b))] = rank
   return encoder, merge_ranks
 
@@ -511,6 +536,29 @@ def _punctuation_pre_tokenize(text: str) -> list[str]:
   return out
 
 
+def _is_numeric(c: str) -> bool:
+  """Rust's char::is_numeric, which `tokenizers`' Digits uses: Nd, Nl or No."""
+  return unicodedata.category(c) in ("Nd", "Nl", "No")
+
+
+def _digits_pre_tokenize(individual: bool):
+  """`tokenizers`' Digits: each digit its own word, or runs of digits split from the rest."""
+  def pre_tokenize(text: str) -> list[str]:
+    out, cur, cur_numeric = [], [], None
+    for c in text:
+      numeric = _is_numeric(c)
+      if cur and (numeric != cur_numeric or (numeric and individual)):
+        out.append("".join(cur))
+        cur = []
+      cur.append(c)
+      cur_numeric = numeric
+    if cur:
+      out.append("".join(cur))
+    return out
+
+  return pre_tokenize
+
+
 def _build_pre_tokenizer(spec: dict | None, path: str):
   """A `tokenizers` pre-tokenizer spec -> str -> list of words."""
   if spec is None:
@@ -524,6 +572,8 @@ def _build_pre_tokenizer(spec: dict | None, path: str):
     return _whitespace_pre_tokenize
   if kind == "Punctuation" and spec.get("behavior", "Isolated") == "Isolated":
     return _punctuation_pre_tokenize
+  if kind == "Digits":
+    return _digits_pre_tokenize(bool(spec.get("individual_digits", False)))
   if kind == "Sequence":
     steps = [_build_pre_tokenizer(s, path) for s in spec.get("pretokenizers", [])]
 
@@ -643,21 +693,21 @@ class WordPieceTokenizer:
   ids; the rest is normalised (BertNormalizer: drop control characters, whitespace ->
   ' ', space out CJK ideographs, strip accents when lower-casing unless strip_accents
   says otherwise, lower-case), pre-tokenised (BertPreTokenizer: split on whitespace and
-  on each punctuation character) and each word split greedily longest-match-first into
-  vocabulary pieces, continuations prefixed '##'; a word that cannot be split, or is
-  longer than max_input_chars_per_word characters, becomes [UNK].
+  on each punctuation character; or Whitespace then Digits, as the release's file) and
+  each word split greedily longest-match-first into vocabulary pieces, continuations
+  prefixed '##'; a word that cannot be split, or is longer than max_input_chars_per_word
+  characters, becomes [UNK].
 
   bos/eos are the [CLS]/[SEP] of the post-processor (the vocabulary's when there is
-  none); `encode` adds neither, `encode_text` adds both (`appends_eos`). There is no
-  newline token (`newline_id` None): '\\n' is whitespace. `decode` drops pad/bos/eos
-  and joins '##' continuations as the WordPiece decoder does.
+  none; eos is None for a vocabulary without [SEP], as the release's). `encode` adds
+  neither; `encode_text` adds [CLS] only, as the release's "[CLS] " + text does. There
+  is no newline token (`newline_id` None): '\\n' is whitespace. `decode` drops
+  pad/bos/eos and joins '##' continuations as the WordPiece decoder does.
 
   Character classes come from this Python's `unicodedata`; `tokenizers` uses other
   Unicode versions, so ids can differ only for rare characters whose category changed
   between versions (some scripts' punctuation, format characters and marks).
   """
-
-  appends_eos = True
 
   def __init__(self, path: str | os.PathLike):
     self.path = str(path)
@@ -722,8 +772,9 @@ class WordPieceTokenizer:
       raise ValueError(f"{self.path}: special token {token!r} is not in the vocabulary")
     return self._vocab[token]
 
-  def _special_ids(self, spec: dict | None) -> tuple[int, int]:
-    """(bos, eos) = ([CLS], [SEP]) as the post-processor adds them to one sequence."""
+  def _special_ids(self, spec: dict | None) -> tuple[int, int | None]:
+    """(bos, eos) = ([CLS], [SEP]) as the post-processor adds them to one sequence; with
+    no post-processor the vocabulary's, eos None when it has no [SEP]."""
     kind = (spec or {}).get("type")
     if kind == "Sequence":
       inner = [p for p in spec.get("processors", [])
@@ -754,7 +805,7 @@ class WordPieceTokenizer:
                          "is not [CLS] $A [SEP]")
       return before[0], after[0]
     if kind is None:
-      return self._token_id("[CLS]"), self._token_id("[SEP]")
+      return self._token_id("[CLS]"), self._vocab.get("[SEP]")
     raise ValueError(f"{self.path}: unsupported post-processor {spec!r}")
 
   def _wordpiece(self, word: str) -> tuple[int, ...]:
@@ -837,9 +888,9 @@ def _wordpiece_cleanup(token: str) -> str:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-  """SentencePiece for `*.model`; GPT-2 BPE for a vocab.json/merges.txt folder, a
-  `*.tiktoken` file or a folder with `gpt2.tiktoken`; BERT WordPiece for a Hugging Face
-  `tokenizers` `*.json` file whose model type is WordPiece."""
+  """SentencePiece for `*.model`; GPT-2 BPE for a folder with vocab.json + merges.txt, a
+  BPE tokenizer.json or gpt2.tiktoken, or a `*.tiktoken` file; BERT WordPiece for a
+  Hugging Face `tokenizers` `*.json` file whose model type is WordPiece."""
   p = pathlib.Path(path)
   if p.is_file() and p.suffix == ".model":
     return SentencePieceTokenizer(p)
@@ -852,25 +903,25 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   if p.is_file() and p.suffix == ".tiktoken":
     return Gpt2BpeTokenizer(p)
   if p.is_dir() and ((p / "vocab.json").is_file() and (p / "merges.txt").is_file()
-                     or (p / "gpt2.tiktoken").is_file()):
+                     or (p / "tokenizer.json").is_file() or (p / "gpt2.tiktoken").is_file()):
     return Gpt2BpeTokenizer(p)
   raise ValueError(f"{path}: not a tokenizer (expected a SentencePiece .model file, a "
-                   ".tiktoken file, or a folder with vocab.json + merges.txt or gpt2.tiktoken)")
+                   ".tiktoken file, or a folder with vocab.json + merges.txt, tokenizer.json "
+                   "or gpt2.tiktoken)")
 
 
-def encode_text(tok: Tokenizer, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """Text-encoder input: BOS ([CLS]) + ids, truncated and 0-padded to `max_len`
-  (the mask, not the pad id, marks padding). A tokenizer whose `appends_eos` is true
-  (BERT WordPiece) also gets EOS ([SEP]) after the ids, the text truncated so that
-  `[CLS] ... [SEP]` fits `max_len`.
+def encode_text(tok: Tokenizer, text: str, max_len: int,
+                cls: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Text-encoder input as the release builds it (SPEC 2), truncated and 0-padded to
+  `max_len` (the mask, not the pad id, marks padding).
 
+  cls: a report or prompt is "[CLS] " + text: BOS ([CLS]) then the text's ids, no
+  [SEP]. Without it (leaf names, grounding phrases) the text's ids alone, so the pooler
+  reads the first piece.
   Returns (ids int32 [max_len], mask int32 [max_len]).
   """
-  if getattr(tok, "appends_eos", False):
-    body = list(tok.encode(text))[:max(max_len - 2, 0)]
-    ids = ([tok.bos_id] + body + [tok.eos_id])[:max_len]
-  else:
-    ids = [tok.bos_id] + list(tok.encode(text))[:max_len - 1]
+  ids = ([tok.bos_id] if cls else []) + list(tok.encode(text))
+  ids = ids[:max_len]
   out = np.zeros(max_len, np.int32)  # 0-padded whatever the tokenizer's pad id
   out[:len(ids)] = ids
   mask = np.zeros(max_len, np.int32)
@@ -879,8 +930,9 @@ def encode_text(tok: Tokenizer, text: str, max_len: int) -> tuple[np.ndarray, np
 
 
 def anatomy_tokens(tok: Tokenizer, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """The 25 leaf names (anatomy.LEAVES order) -> (ids int32 [25, L], mask int32 [25, L])."""
-  pairs = [encode_text(tok, name, max_len) for name in anatomy.LEAVES]
+  """The 25 leaf names (anatomy.LEAVES order), without [CLS] ->
+  (ids int32 [25, L], mask int32 [25, L])."""
+  pairs = [encode_text(tok, name, max_len, cls=False) for name in anatomy.LEAVES]
   return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
@@ -891,11 +943,13 @@ def tokenizer_paths(data_dir, dataset_name: str, text_vocab: int,
 
 
 def ensure_tokenizers(data_dir, dataset_name: str, train_reports: Iterable[str],
-                      text_vocab: int, decoder_vocab: int) -> tuple[str, str]:
+                      text_vocab: int | None,
+                      decoder_vocab: int | None) -> tuple[str | None, str | None]:
   """Trains the text and decoder SentencePiece models once, beside the data.
 
   Stored as <data_dir>/<dataset_name>/tokenizers/{text,decoder}_<vocab>.model and reused
-  when present; `train_reports` is only read when something must be trained. The text
+  when present; `train_reports` is only read when something must be trained. A vocab of
+  None skips that kind (its path is None): the tokenizer comes from elsewhere. The text
   model trains on lower-cased reports (it case-folds anyway).
   """
   text_path, decoder_path = tokenizer_paths(data_dir, dataset_name, text_vocab,
@@ -903,10 +957,11 @@ def ensure_tokenizers(data_dir, dataset_name: str, train_reports: Iterable[str],
   reports = None
   for path, vocab, kind in ((text_path, text_vocab, "text"),
                             (decoder_path, decoder_vocab, "decoder")):
-    if path.is_file():
+    if vocab is None or path.is_file():
       continue
     if reports is None:
       reports = _training_sentences(train_reports)
     texts = [r.lower() for r in reports] if kind == "text" else reports
     train_sentencepiece(texts, str(path.with_suffix("")), vocab, kind)
-  return str(text_path), str(decoder_path)
+  return (str(text_path) if text_vocab is not None else None,
+          str(decoder_path) if decoder_vocab is not None else None)

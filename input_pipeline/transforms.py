@@ -332,7 +332,7 @@ def contrastive_text(report: str, rng: np.random.Generator | None) -> str:
 
 
 def text_sequence(text: str, tok, text_len: int) -> dict:
-  """Text-encoder input: BOS first, truncated and 0-padded to text_len (int32)."""
+  """Text-encoder input: "[CLS] " + text, truncated and 0-padded to text_len (int32)."""
   ids, mask = tokenizers.encode_text(tok, text, text_len)
   return {"text_ids": ids, "text_mask": mask}
 

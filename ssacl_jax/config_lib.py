@@ -99,9 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   d.image_size = m.get_ref("image_size")
   d.channels = m.get_ref("channels")
   d.text_len = 100
-  d.report_len = 100
-  d.prompt_len = 16
-  d.decoder_len = 118          # prompt + newline + report + newline
+  d.report_len = 100           # lengths count decoder-tokenizer tokens, as in the release
+  d.prompt_len = 100
+  d.decoder_len = 202          # prompt + newline + report + newline
   d.anatomy_len = 16
   d.prompt_prob = 0.5
   d.flip_prob = 0.0
@@ -111,8 +111,11 @@ def base_config() -> ml_collections.ConfigDict:
   d.shuffle_seed = 0
   d.num_workers = 0
   d.prefetch_buffer = 2
-  d.decoder_tokenizer = ""     # local GPT-2 files (vocab.json+merges.txt or gpt2.tiktoken)
+  # The report decoder's tokenizer follows its weights: init.gpt2's BPE, else SentencePiece.
   d.text_tokenizer = ""        # e.g. the release's WordPiece JSON (mimic_wordpiece.json)
+  # Data choices of builders that have them (MIMIC-CXR); each choice is its own prepared set.
+  d.views = ("PA", "AP")       # frontal; () keeps every view
+  d.report_sections = ("findings", "impression")
 
   c.train = t = ml_collections.ConfigDict()
   t.num_epochs = 51            # the release's; the schedule counts full global batches
@@ -157,6 +160,7 @@ def base_config() -> ml_collections.ConfigDict:
   i.parts = "auto"             # 'auto', 'all' or a comma list (ssacl_jax.convert.PARTS)
   i.gpt2 = ""                  # Hugging Face GPT-2 folder -> report_decoder
   i.mae = ""                   # MAE .pth -> image_encoder (+ image_decoder when present)
+  i.required = ""              # comma list of the above that training needs (paper: gpt2,mae)
 
   c.eval = e = ml_collections.ConfigDict()
   e.split = "test"
@@ -193,6 +197,36 @@ def base_config() -> ml_collections.ConfigDict:
 
 class ConfigError(ValueError):
   pass
+
+
+# The paper's pretrained starting points (SPEC 2): init field -> what it expects.
+PRETRAINED_SOURCES = {
+    "gpt2": "a local Hugging Face GPT-2 folder (config.json, model.safetensors or "
+            "pytorch_model.bin, vocab.json + merges.txt or tokenizer.json): the report "
+            "decoder and its BPE vocabulary",
+    "mae": "an MAE-pretrained ViT-B/16 checkpoint (.pth, e.g. mae_pretrain_vit_base.pth): "
+           "the image encoder",
+}
+PAPER_PRETRAINED = "gpt2,mae"
+
+
+def check_required_init(config) -> None:
+  """Training a config that names required init sources (config.init.required) stops,
+  before anything is built, when one of them is not set."""
+  init = config.get("init")
+  required = [k.strip() for k in (init.get("required", "") if init else "").split(",") if k.strip()]
+  unknown = [k for k in required if k not in PRETRAINED_SOURCES]
+  if unknown:
+    raise ConfigError(f"config.init.required names {', '.join(unknown)}; valid: "
+                      f"{', '.join(PRETRAINED_SOURCES)}")
+  missing = [k for k in required if not init[k]]
+  if missing:
+    raise ConfigError(
+        "this config trains the paper's recipe, which starts from pretrained weights; set\n"
+        + "".join(f"  --config.init.{k}=...  {PRETRAINED_SOURCES[k]}\n" for k in missing)
+        + "or train from random initialisation, a different experiment from the paper, with "
+        "the config's explicit :from_scratch variant (e.g. --config "
+        "configs/ssacl_vitb16.py:from_scratch)")
 
 
 def validate(config) -> None:
@@ -303,6 +337,7 @@ def finetune_config(arg, *, dataset: str, kind: str, base=None):
   c.data.affine_scale = (0.9, 1.1)
   c.init.checkpoint = a.init
   c.init.parts = "image_encoder"
+  c.init.required = ""  # the encoder comes from a pretraining run, not from GPT-2 / MAE
   c.optim.freeze = "image_encoder" if a.linear_probe else ""
   c.optim.learning_rate = a.lr or (1e-2 if a.linear_probe else 1e-4)
   c.optim.warmup_steps = max(1, a.steps // 20)
@@ -380,10 +415,12 @@ def check_overrides(argv, flag: str = "config") -> None:
 def pod_config(arg, *, fsdp: int, num_workers: int, eval_batch_size: int):
   """The paper model on an accelerator slice: bf16 compute, float32 parameters, a
   (data, fsdp, tensor) mesh. Variants: batch, steps (0: the 51 epochs), fsdp, tensor,
-  accum, remat, fp32, dataset (`configs/tpu_v5e_256.py:batch=1024,remat`)."""
+  accum, remat, fp32, dataset (`configs/tpu_v5e_256.py:batch=1024,remat`), from_scratch (no
+  pretrained GPT-2 / MAE; otherwise training needs init.gpt2 and init.mae)."""
   a = parse_arg(arg, batch=256, steps=0, fsdp=fsdp, tensor=1, accum=1, remat=False,
-                fp32=False, dataset="mimic_cxr")
+                fp32=False, dataset="mimic_cxr", from_scratch=False)
   c = base_config()
+  c.init.required = "" if a.from_scratch else PAPER_PRETRAINED
   c.model.dtype = "float32" if a.fp32 else "bfloat16"
   c.model.param_dtype = "float32"
   c.model.remat = a.remat

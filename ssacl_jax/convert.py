@@ -713,8 +713,9 @@ def write_checkpoint(config, converted: dict, out_dir, report: Report) -> pathli
 def run(kind: str, src, config, out, *, parts: str = "", allow_missing: bool = False,
         allow_unmapped: bool = False, dry_run: bool = False) -> Report:
   """Convert, print the mapping report and (unless dry_run) write OUT."""
-  if kind == "gpt2" and not config.data.decoder_tokenizer:
-    config.data.decoder_tokenizer = str(pathlib.Path(src).absolute())
+  if kind == "gpt2":  # OUT/config.json: the decoder's vocabulary follows its weights
+    config = config.copy_and_resolve_references()
+    config.init.gpt2 = str(pathlib.Path(src).absolute())
   converted, report = convert(kind, src, config, parts=parse_parts(parts),
                               allow_missing=allow_missing, allow_unmapped=allow_unmapped)
   set_position_tables(config, report)

@@ -6,13 +6,16 @@ jax.Arrays on the mesh.
 """
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 
 import jax
 import numpy as np
 
-from input_pipeline import build, features, pipeline, tokenizers as tok_lib
+from input_pipeline import build, builders, features, pipeline, tokenizers as tok_lib
+from input_pipeline.builders import common
+from ssacl_jax import convert
 
 
 def _on_process_zero_then_sync(fn, name: str):
@@ -24,8 +27,16 @@ def _on_process_zero_then_sync(fn, name: str):
   return fn() if jax.process_index() != 0 else result
 
 
+# config.data fields passed to the data set's builder when its config has them (MIMIC-CXR).
+DATA_CHOICES = ("views", "report_sections")
+
+
 def builder_options(config) -> dict:
-  return dict(config.data.builder)
+  """The builder's config fields: config.data's DATA_CHOICES it has, then data.builder."""
+  d = config.data
+  fields = common.config_fields(builders.get_builder_class(d.dataset).BUILDER_CONFIGS[0])
+  options = {k: tuple(d[k]) for k in DATA_CHOICES if k in fields and k in d}
+  return dict(options, **dict(d.builder))
 
 
 def load_source(config, split: str):
@@ -59,8 +70,11 @@ def keep_tokenizers_in_workdir(workdir, text_path, decoder_path) -> None:
   folder.mkdir(parents=True, exist_ok=True)
   shutil.copy(text_path, folder / f"text{pathlib.Path(text_path).suffix}")
   decoder_path = pathlib.Path(decoder_path)
-  if decoder_path.is_dir():
-    shutil.copytree(decoder_path, folder / "decoder", dirs_exist_ok=True)
+  if decoder_path.is_dir():  # a GPT-2 folder: its tokenizer files, not its weights
+    (folder / "decoder").mkdir(exist_ok=True)
+    for name in tok_lib.GPT2_FILES:
+      if (decoder_path / name).is_file():
+        shutil.copy(decoder_path / name, folder / "decoder" / name)
   else:
     shutil.copy(decoder_path, folder / f"decoder{decoder_path.suffix}")
 
@@ -72,47 +86,96 @@ def tokenizer_scope(config) -> str:
   return f"{d.dataset}/{name}"
 
 
+def decoder_tokenizer_source(config) -> str:
+  """The report decoder's vocabulary follows its weights: the GPT-2 folder of
+  config.init.gpt2, or the one the report decoder of config.init.checkpoint started from
+  (its saved config.json: a converted GPT-2 or a run that started from GPT-2), or ''
+  (a SentencePiece model trained on the training reports)."""
+  init = config.get("init")
+  if not init:
+    return ""
+  if init.gpt2:
+    return str(init.gpt2)
+  takes_decoder = "report_decoder" in (convert.parse_parts(init.parts) or ("report_decoder",))
+  saved = pathlib.Path(str(init.checkpoint)) / "config.json"
+  if not (init.checkpoint and takes_decoder and saved.is_file()):
+    return ""
+  return str(json.loads(saved.read_text()).get("init", {}).get("gpt2", ""))
+
+
 def load_tokenizers(config, train_source=None, workdir=None) -> tok_lib.TokenizerPair:
   """(text, decoder) tokenizers.
 
   A workdir's own copies win (its checkpoints were trained with them). Otherwise the
-  SentencePiece models beside the data, trained on the training reports once;
-  config.data.text_tokenizer (e.g. the release's WordPiece JSON) and
-  config.data.decoder_tokenizer (a GPT-2 BPE folder) replace them. With a workdir, the
-  tokenizers used are copied into it.
+  decoder's is the BPE of the GPT-2 folder its weights start from (config.init.gpt2) and
+  the text encoder's is config.data.text_tokenizer (e.g. the release's WordPiece JSON);
+  either, when not given, is a SentencePiece model trained once on the training reports
+  beside the data. With a workdir, the tokenizers used are copied into it.
   """
   if workdir is not None and workdir_tokenizer_paths(workdir):
     text_path, decoder_path = workdir_tokenizer_paths(workdir)
     text, decoder = tok_lib.load_tokenizer(text_path), tok_lib.load_tokenizer(decoder_path)
-    check_vocab(config, text, decoder)
+    check_vocab(config, text, decoder, text_path, decoder_path)
     return tok_lib.TokenizerPair(text, decoder)
   d = config.data
-  train_source = train_source if train_source is not None else load_source(config, d.train_split)
+  text_path, decoder_path = d.text_tokenizer, decoder_tokenizer_source(config)
+  if not (text_path and decoder_path):
+    train_source = train_source if train_source is not None else load_source(config, d.train_split)
 
-  def reports():
-    for i in range(len(train_source)):
-      yield features.as_text(train_source[i]["report"])
+    def reports():
+      for i in range(len(train_source)):
+        yield features.as_text(train_source[i]["report"])
 
-  text_path, decoder_path = _on_process_zero_then_sync(
-      lambda: tok_lib.ensure_tokenizers(d.data_dir, tokenizer_scope(config), reports(),
-                                        config.model.text.vocab_size,
-                                        config.model.report.vocab_size), "tokenizers")
-  decoder_path = d.decoder_tokenizer or decoder_path
-  text_path = d.text_tokenizer or text_path
+    trained = _on_process_zero_then_sync(
+        lambda: tok_lib.ensure_tokenizers(
+            d.data_dir, tokenizer_scope(config), reports(),
+            None if text_path else config.model.text.vocab_size,
+            None if decoder_path else config.model.report.vocab_size), "tokenizers")
+    text_path, decoder_path = text_path or trained[0], decoder_path or trained[1]
   text = tok_lib.load_tokenizer(text_path)
   decoder = tok_lib.load_tokenizer(decoder_path)
-  check_vocab(config, text, decoder)
+  check_vocab(config, text, decoder, text_path, decoder_path)
   if workdir is not None:
     keep_tokenizers_in_workdir(workdir, text_path, decoder_path)
   return tok_lib.TokenizerPair(text, decoder)
 
 
-def check_vocab(config, text, decoder) -> None:
+def embedding_table(config) -> tuple[int, str, dict]:
+  """(rows, where the number comes from, GPT-2 config.json or {}) of the report
+  decoder's token embedding table: its GPT-2 folder's when it starts from one (and the
+  folder is still there: evaluating a workdir does not need it)."""
+  gpt2 = decoder_tokenizer_source(config)
+  path = pathlib.Path(gpt2) / "config.json"
+  if not gpt2 or not path.is_file():
+    return config.model.report.vocab_size, "config.model.report.vocab_size", {}
+  hf = json.loads(path.read_text())
+  return int(hf.get("vocab_size", 50257)), f"the GPT-2 weights (init.gpt2={path})", hf
+
+
+def check_vocab(config, text, decoder, text_source, decoder_source) -> None:
+  """Each tokenizer's ids must index its model's embedding table. A decoder that starts
+  from GPT-2 weights needs exactly their vocabulary: same size, same special tokens."""
   m = config.model
-  for name, tok, size in (("text", text, m.text.vocab_size), ("report", decoder, m.report.vocab_size)):
-    if tok.vocab_size > size:
-      raise ValueError(f"the {name} tokenizer has {tok.vocab_size} ids but "
-                       f"config.model.{name}.vocab_size is {size}; raise the model's vocab size")
+  if text.vocab_size > m.text.vocab_size:
+    raise ValueError(f"the text tokenizer ({text_source}) has {text.vocab_size} ids but "
+                     f"config.model.text.vocab_size is {m.text.vocab_size}; raise the model's "
+                     "vocab size")
+  rows, table, hf = embedding_table(config)
+  exact = bool(decoder_tokenizer_source(config))
+  if decoder.vocab_size > rows or (exact and decoder.vocab_size != rows):
+    raise ValueError(f"the report decoder's tokenizer ({decoder_source}) has "
+                     f"{decoder.vocab_size} ids but its embedding table, from {table}, has "
+                     f"{rows} rows; the vocabulary must be the one the weights were trained with")
+  if hf and m.report.vocab_size != rows:
+    raise ValueError(f"config.model.report.vocab_size is {m.report.vocab_size} but the "
+                     f"report decoder's embedding table, from {table}, has {rows} rows; set "
+                     f"--config.model.report.vocab_size={rows}")
+  for name in ("bos", "eos"):
+    want = hf.get(f"{name}_token_id")
+    if want is not None and getattr(decoder, f"{name}_id") != want:
+      raise ValueError(f"the report decoder's tokenizer ({decoder_source}) has {name} id "
+                       f"{getattr(decoder, f'{name}_id')} but {table} says {name}_token_id "
+                       f"{want}")
 
 
 class TrainingData:

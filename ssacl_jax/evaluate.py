@@ -40,10 +40,11 @@ HEAD = "head"
 
 
 # ----------------------------------------------------------------------------- text helpers
-def encode_batch(tok, texts, length: int, bos: bool = True):
-  """Texts -> (ids [n, length], mask [n, length]) for the text encoder."""
+def encode_batch(tok, texts, length: int, cls: bool = True):
+  """Texts -> (ids [n, length], mask [n, length]) for the text encoder; cls False for
+  grounding phrases, which are encoded like the leaf names they stand in for."""
   from input_pipeline import tokenizers as tok_lib
-  pairs = [tok_lib.encode_text(tok, t, length) for t in texts]
+  pairs = [tok_lib.encode_text(tok, t, length, cls) for t in texts]
   return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
@@ -141,7 +142,7 @@ def collect(r: inference.Restored, split: str, head, cfg) -> dict:
     b = len(valid)
     sentences = [[s or "" for s in row] for row in local["finding_sentences"]]
     flat = [s for row in sentences for s in row]
-    p_ids, p_mask = encode_batch(text_tok, flat, d.anatomy_len * 4 if d.anatomy_len * 4 <= m.text.max_len else m.text.max_len)
+    p_ids, p_mask = encode_batch(text_tok, flat, min(d.anatomy_len * 4, m.text.max_len), cls=False)
     anat, phrase, image_emb, feats = maps_fn(batch["image"], *r.anatomy_tokens, p_ids, p_mask)
     feats = np.asarray(inference.gather(feats))
     if cfg.pathology_source == ORACLE:

@@ -105,7 +105,7 @@ def predict(r: inference.Restored, workdir, image_path, grey, phrases, out_dir) 
   images = transforms.normalise(resized, c.model.channels)[None]
   texts = list(phrases) or ["lungs"]
   p_ids, p_mask = evaluate.encode_batch(r.tokenizers.text, [t.lower() for t in texts],
-                                        c.data.text_len)
+                                        c.data.text_len, cls=False)
   anat, phrase_maps, feats = inference.jit_method(r, _maps)(images, *r.anatomy_tokens, p_ids, p_mask)
   try:
     head = pathology_head.load_head(workdir)

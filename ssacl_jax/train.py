@@ -327,6 +327,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   Returns the last logged metrics.
   """
+  config_lib.check_required_init(config)
   # Mesh.
   mesh = sharding.make_mesh(config)
   jax.set_mesh(mesh)

@@ -304,6 +304,43 @@ def test_mimic_views_option_and_labeler_fallback(tmp_path):
                                   labeler.default_labeler().label(text(e["report"])))
 
 
+def test_mimic_data_choices_from_the_config_are_recorded_and_prepared_apart(tmp_path):
+  """config.data.views / report_sections reach the builder, sit in the prepared set's
+  metadata, and another choice is prepared in its own folder (the first one untouched)."""
+  from ssacl_jax import config_lib, data as data_lib
+  root = make_mimic(tmp_path / "mimic")
+  config = config_lib.base_config()
+  config.data.dataset, config.data.data_dir = "mimic_cxr", str(tmp_path / "data")
+  config.data.manual_dir, config.data.builder = str(root), dict(image_size=32)
+  train = data_lib.load_source(config, "train")
+  options = data_lib.builder_options(config)
+  default = build.make_builder("mimic_cxr", config.data.data_dir, **options)
+  assert default.builder_config.name == "image_size-32"  # the default choices add nothing
+  assert dict(default.info.metadata) == {"views": ["PA", "AP"],
+                                         "report_sections": ["findings", "impression"]}
+  assert text(train[0]["report"]) == ("The heart is enlarged. There is a small left pleural "
+                                      "effusion. Cardiomegaly and small left effusion.")
+
+  config.data.report_sections = ("impression",)
+  config.data.views = ("PA", "LATERAL")
+  impressions = records(data_lib.load_source(config, "train"))
+  options = data_lib.builder_options(config)
+  chosen = build.make_builder("mimic_cxr", config.data.data_dir, **options)
+  assert chosen.builder_config.name == "image_size-32.report_sections-impression.views-PA+LATERAL"
+  assert dict(chosen.info.metadata) == {"views": ["PA", "LATERAL"],
+                                        "report_sections": ["impression"]}
+  assert chosen.data_path != default.data_path
+  assert sorted((text(e["view"]), text(e["report"])) for e in impressions) == [
+      ("LATERAL", "Cardiomegaly and small left effusion."),
+      ("PA", "Cardiomegaly and small left effusion.")]
+  assert all(text(e["findings"]) == "" for e in impressions)
+  config.data.report_sections, config.data.views = ("findings", "impression"), ("PA", "AP")
+  again = data_lib.load_source(config, "train")
+  assert len(again) == 1 and text(again[0]["report"]) == text(train[0]["report"])
+  with pytest.raises(ValueError, match="report_sections .*one or more of findings, impression"):
+    build.make_builder("mimic_cxr", config.data.data_dir, report_sections="history").info
+
+
 def test_mimic_missing_split_csv_is_named(tmp_path):
   root = make_mimic(tmp_path / "mimic")
   (root / "mimic-cxr-2.0.0-split.csv.gz").unlink()

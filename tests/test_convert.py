@@ -241,15 +241,31 @@ def release(tmp_path_factory):
   return config, model, path, jax.tree.map(jnp.asarray, params), report
 
 
-def random_inputs(config, b=3, seed=0):
+@pytest.fixture(scope="module")
+def wordpiece(tmp_path_factory):
+  """The project's tokenizer from a WordPiece JSON in the release file's layout."""
+  from input_pipeline import tokenizers
+  from test_tokenizers import release_wordpiece_json
+  return tokenizers.load_tokenizer(
+      release_wordpiece_json(tmp_path_factory.mktemp("wordpiece") / "mimic_wordpiece.json"))
+
+
+TEXTS = ("The heart is normal in size. There is no pleural effusion.",
+         "Small left pleural effusion and opacities in the right lower lung zone, 12 cm.",
+         "Pneumothorax at the left apical zone.")
+
+
+def random_inputs(config, tok, b=3, seed=0):
+  """Random images and decoder ids; text-encoder ids as the release builds them (reports
+  "[CLS] " + text, leaf names without [CLS]) by the project's tokenizer `tok`."""
+  from input_pipeline import tokenizers
   rng = np.random.default_rng(seed)
   m, d = config.model, config.data
   batch = ssacl.dummy_batch(config, b)
   batch["image"] = rng.normal(size=batch["image"].shape).astype(np.float32)
-  batch["text_ids"] = rng.integers(1, m.text.vocab_size, size=batch["text_ids"].shape).astype(np.int32)
-  batch["text_mask"][:] = 0
-  for i, n in enumerate(rng.integers(4, d.text_len, size=b)):
-    batch["text_mask"][i, :n] = 1
+  for i in range(b):
+    batch["text_ids"][i], batch["text_mask"][i] = tokenizers.encode_text(
+        tok, TEXTS[i % len(TEXTS)], d.text_len)
   t = d.decoder_len
   batch["dec_ids"] = rng.integers(0, m.report.vocab_size, size=(b, t)).astype(np.int32)
   batch["dec_mask"][:] = 1
@@ -258,10 +274,7 @@ def random_inputs(config, b=3, seed=0):
   batch["dec_loss_mask"] = batch["dec_mask"].astype(np.float32)
   batch["dec_loss_mask"][:, :3] = 0                  # the prompt: no loss
   batch["leaf_mask"] = rng.integers(0, 2, size=batch["leaf_mask"].shape).astype(np.int32)
-  anat_ids = rng.integers(1, m.text.vocab_size, size=(anatomy.NUM_LEAVES, d.anatomy_len)).astype(np.int32)
-  anat_mask = np.zeros_like(anat_ids)
-  for i, n in enumerate(rng.integers(2, d.anatomy_len, size=anatomy.NUM_LEAVES)):
-    anat_mask[i, :n] = 1
+  anat_ids, anat_mask = tokenizers.anatomy_tokens(tok, d.anatomy_len)
   return batch, anat_ids, anat_mask
 
 
@@ -303,9 +316,9 @@ def test_weight_decay_mask_is_the_release_rule_on_its_own_tensors(release):
 
 
 # ----------------------------------------------------------------------------- forward parity
-def test_encoder_tokens_match_with_and_without_queries(release):
+def test_encoder_tokens_match_with_and_without_queries(release, wordpiece):
   config, model, _, params, _ = release
-  batch, _, _ = random_inputs(config)
+  batch, _, _ = random_inputs(config, wordpiece)
   images = batch["image"]
   queries = np.random.default_rng(1).normal(size=(5, config.model.encoder.width)).astype(np.float32)
   with torch.no_grad():
@@ -317,9 +330,9 @@ def test_encoder_tokens_match_with_and_without_queries(release):
   np.testing.assert_allclose(ours_q, with_q, **TOL)
 
 
-def test_masked_encoder_tokens_match_given_the_same_mask(release):
+def test_masked_encoder_tokens_match_given_the_same_mask(release, wordpiece):
   config, model, _, params, _ = release
-  batch, _, _ = random_inputs(config)
+  batch, _, _ = random_inputs(config, wordpiece)
   images = batch["image"]
   out = apply(config, params, lambda m, x: m.image_encoder(x, mask_ratio=0.5, rng=jax.random.key(4)),
               images)
@@ -329,9 +342,9 @@ def test_masked_encoder_tokens_match_given_the_same_mask(release):
   np.testing.assert_allclose(out["tokens"], ref, **TOL)
 
 
-def test_text_pooled_output_matches(release):
+def test_text_pooled_output_matches(release, wordpiece):
   config, model, _, params, _ = release
-  batch, _, _ = random_inputs(config)
+  batch, _, _ = random_inputs(config, wordpiece)
   with torch.no_grad():
     ref = model.text(to_torch(batch["text_ids"]).long(), to_torch(batch["text_mask"]).long()).numpy()
   ours = apply(config, params, lambda m, i, k: m.encode_text(i, k), batch["text_ids"], batch["text_mask"])
@@ -440,9 +453,9 @@ def torch_losses(tm, batch, anat_ids, anat_mask, mae_restore, graph_restore, con
   return {"ir": loss_img, "cl": loss_c, "lm": loss_lm, "ar": loss_ar, "ac": loss_ac}
 
 
-def test_training_losses_match_the_peer_formulas(release):
+def test_training_losses_match_the_peer_formulas(release, wordpiece):
   config, model, _, params, _ = release
-  batch, anat_ids, anat_mask = random_inputs(config)
+  batch, anat_ids, anat_mask = random_inputs(config, wordpiece)
   is_encoder = lambda mdl, name: isinstance(mdl, image_lib.ImageEncoder) and name == "__call__"
   forward = jax.jit(lambda p, *a: ssacl.build_model(config.model).apply(
       {"params": p}, *a, rngs={"mask": jax.random.key(7)}, capture_intermediates=is_encoder,
@@ -768,7 +781,7 @@ def test_converted_gpt2_checkpoint_gives_only_the_decoder(hf_gpt2, tmp_path):
   out = tmp_path / "gpt2"
   convert.run("gpt2", folder, config, out)
   saved = json.loads((out / "config.json").read_text())
-  assert saved["data"]["decoder_tokenizer"] == str(folder.absolute())
+  assert saved["init"]["gpt2"] == str(folder.absolute())  # its vocabulary follows it
   abstract, fresh = convert.abstract_params(config), fresh_params(config)
   config.init.checkpoint = str(out)
   loaded = pretrained.load_initial_params(config, abstract, fresh)

@@ -125,6 +125,25 @@ def test_gpt2_bpe_hf_files_exact_ids(tmp_path):
   assert tok.decode(tok.encode("Ünïcode ✓ 12 x")) == "Ünïcode ✓ 12 x"
 
 
+def test_gpt2_bpe_tokenizer_json_matches_hf_files(tmp_path):
+  """A folder with only tokenizer.json (merges as "a b" strings, or as pairs as newer
+  `tokenizers` write them; <|endoftext|> an added token) gives the same ids."""
+  _, vocab = _hf_fixture(tmp_path / "files")
+  base = {t: i for t, i in vocab.items() if t != T.GPT2_EOT}
+  eot = [{"id": vocab[T.GPT2_EOT], "content": T.GPT2_EOT, "special": True}]
+  for name, merges in (("strings", [f"{a} {b}" for a, b in MERGES]),
+                       ("pairs", [list(m) for m in MERGES])):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text(json.dumps({
+        "added_tokens": eot, "model": {"type": "BPE", "vocab": base, "merges": merges}}))
+    tok = T.load_tokenizer(folder)
+    assert isinstance(tok, T.Gpt2BpeTokenizer)
+    for text, ids in EXPECTED.items():
+      assert tok.encode(text) == ids, (name, text)
+    assert (tok.eos_id, tok.newline_id, tok.vocab_size) == (264, 198, 265)
+
+
 def test_gpt2_bpe_tiktoken_file_matches_hf(tmp_path):
   _, vocab = _hf_fixture(tmp_path / "gpt2")
   path = _tiktoken_fixture(tmp_path / "gpt2.tiktoken", vocab)
@@ -186,9 +205,11 @@ def test_anatomy_tokens(sp_models):
   ids, mask = T.anatomy_tokens(tok, 6)
   assert ids.shape == mask.shape == (anatomy.NUM_LEAVES, 6)
   assert ids.dtype == mask.dtype == np.int32
-  assert np.all(ids[:, 0] == tok.bos_id) and np.all(mask[:, 0] == 1)
+  assert np.all(mask[:, 0] == 1)  # no [CLS]: the first piece of the name comes first
+  right = [anatomy.LEAF_INDEX[n] for n in anatomy.LEAVES if n.startswith("right ")]
+  assert np.all(ids[right, 0] == tok.encode("right")[0])
   i = anatomy.LEAF_INDEX["spine"]
-  spine = [tok.bos_id] + tok.encode("spine")
+  spine = tok.encode("spine")
   assert ids[i, :len(spine)].tolist() == spine[:6]
   assert mask[i].sum() == min(len(spine), 6)
   assert np.all(ids[mask == 0] == 0)
@@ -319,7 +340,6 @@ def test_wordpiece_exact_ids(wp_path):
   assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 2, 3)
   assert tok.newline_id is None
   assert tok.vocab_size == len(WP_VOCAB)
-  assert tok.appends_eos is True
 
 
 def test_wordpiece_decode(wp_path):
@@ -334,19 +354,20 @@ def test_wordpiece_decode(wp_path):
 
 
 def test_wordpiece_encode_text_layout(wp_path):
+  """A report is "[CLS] " + text, no [SEP], even when the vocabulary has one (SPEC 2)."""
   tok = T.load_tokenizer(wp_path)
   ids, mask = T.encode_text(tok, "The left lung", 8)
-  assert ids.tolist() == [2] + _w("the", "left", "lung") + [3, 0, 0, 0]
-  assert mask.tolist() == [1] * 5 + [0] * 3
+  assert ids.tolist() == [2] + _w("the", "left", "lung") + [0, 0, 0, 0]
+  assert mask.tolist() == [1] * 4 + [0] * 4
   assert ids.dtype == mask.dtype == np.int32
-  # Truncation keeps [CLS] ... [SEP] within max_len.
   ids, mask = T.encode_text(tok, "The left lung is normal.", 4)
-  assert ids.tolist() == [2] + _w("the", "left") + [3]
+  assert ids.tolist() == [2] + _w("the", "left", "lung")
   assert mask.tolist() == [1, 1, 1, 1]
-  ids, mask = T.encode_text(tok, "The left lung", 5)
-  assert ids.tolist() == [2] + _w("the", "left", "lung") + [3]
-  assert T.encode_text(tok, "the left lung", 2)[0].tolist() == [2, 3]
-  assert T.encode_text(tok, "", 4)[0].tolist() == [2, 3, 0, 0]
+  assert T.encode_text(tok, "", 3)[0].tolist() == [2, 0, 0]
+  # Without [CLS] (leaf names, grounding phrases): the text's pieces only.
+  ids, mask = T.encode_text(tok, "The left lung", 4, cls=False)
+  assert ids.tolist() == _w("the", "left", "lung") + [0]
+  assert mask.tolist() == [1, 1, 1, 0]
 
 
 def test_wordpiece_anatomy_tokens(wp_path):
@@ -354,14 +375,12 @@ def test_wordpiece_anatomy_tokens(wp_path):
   ids, mask = T.anatomy_tokens(tok, 6)
   assert ids.shape == mask.shape == (anatomy.NUM_LEAVES, 6)
   assert ids.dtype == mask.dtype == np.int32
-  assert np.all(ids[:, 0] == tok.bos_id) and np.all(mask[:, 0] == 1)
-  lengths = mask.sum(1)
-  assert np.all(ids[np.arange(len(ids)), lengths - 1] == tok.eos_id)
   assert np.all(ids[mask == 0] == 0)
   for i, name in enumerate(anatomy.LEAVES):
-    row = ([tok.bos_id] + tok.encode(name)[:4] + [tok.eos_id])
+    row = tok.encode(name)[:6]
     assert ids[i, :len(row)].tolist() == row, name
-    assert lengths[i] == len(row)
+    assert mask[i].sum() == len(row)
+  assert ids[anatomy.LEAF_INDEX["left lower lung zone"], :3].tolist() == _w("left", "lower", "lung")
 
 
 def test_wordpiece_variant_spec(tmp_path):
@@ -475,4 +494,76 @@ def test_wordpiece_matches_hf_trained_bert_json(tmp_path):
       assert tok.decode(ids) == hf.decode(kept, skip_special_tokens=False), repr(text)
     ids, mask = T.encode_text(tok, REPORTS[0], 64)
     assert ids[:int(mask.sum())].tolist() == [cls] + hf.encode(
-        REPORTS[0], add_special_tokens=False).ids + [sep]
+        REPORTS[0], add_special_tokens=False).ids
+
+
+# ------------------------------------------------------------- the release's WordPiece file
+
+# The layout of the release's mimic_wordpiece.json (SPEC 2): BERT normaliser, Whitespace +
+# Digits pre-tokenizers, no post-processor, special tokens [PAD] [UNK] [CLS] [MASK] and
+# no [SEP]. The words cover the anatomy names and a few report words.
+RELEASE_WP_WORDS = (
+    ["[PAD]", "[UNK]", "[CLS]", "[MASK]", ".", ",", "1", "2", "3", "cm", "the", "heart",
+     "is", "normal", "no", "effusion", "small", "pleural", "size", "there", "opac", "##ity",
+     "##ities", "pneumo", "##thorax", "and", "in"] +
+    sorted({w for leaf in anatomy.LEAVES for w in leaf.split()}))
+
+
+def release_wordpiece_json(path, individual_digits=True):
+  """Writes a WordPiece JSON in the release file's layout; returns the path."""
+  vocab = {t: i for i, t in enumerate(RELEASE_WP_WORDS)}
+  spec = {
+      "version": "1.0", "truncation": None, "padding": None,
+      "added_tokens": [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False,
+                        "rstrip": False, "normalized": False, "special": True}
+                       for t in ("[PAD]", "[UNK]", "[CLS]", "[MASK]")],
+      "normalizer": {"type": "BertNormalizer", "clean_text": True,
+                     "handle_chinese_chars": True, "strip_accents": None, "lowercase": True},
+      "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+          {"type": "Whitespace"}, {"type": "Digits", "individual_digits": individual_digits}]},
+      "post_processor": None,
+      "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True},
+      "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                "max_input_chars_per_word": 100, "vocab": vocab},
+  }
+  path.write_text(json.dumps(spec), encoding="utf-8")
+  return path
+
+
+def _r(*tokens):
+  return [RELEASE_WP_WORDS.index(t) for t in tokens]
+
+
+def test_release_wordpiece_inputs(tmp_path):
+  """Reports as "[CLS] " + text (no [SEP]: the vocabulary has none), digits split one by
+  one, leaf names without [CLS]; ids written out by hand."""
+  tok = T.load_tokenizer(release_wordpiece_json(tmp_path / "mimic_wordpiece.json"))
+  assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 2, None)
+  report = "The heart is normal. No effusion, 12cm opacities."
+  body = _r("the", "heart", "is", "normal", ".", "no", "effusion", ",", "1", "2", "cm",
+            "opac", "##ities", ".")
+  assert tok.encode(report) == body
+  ids, mask = T.encode_text(tok, report, 12)
+  assert ids.tolist() == [2] + body[:11] and mask.tolist() == [1] * 12
+  assert tok.encode("[CLS] " + report) == [2] + body  # the release's own string
+  leaf_ids, leaf_mask = T.anatomy_tokens(tok, 5)
+  i = anatomy.LEAF_INDEX["right costophrenic angle"]
+  assert leaf_ids[i].tolist() == _r("right", "costophrenic", "angle") + [0, 0]
+  assert leaf_mask[i].tolist() == [1, 1, 1, 0, 0]
+  assert tok.decode([2] + body) == "the heart is normal. no effusion, 1 2 cm opacities."
+  runs = T.load_tokenizer(release_wordpiece_json(tmp_path / "runs.json", False))
+  assert runs.encode("123 3") == [1] + _r("3")  # '123' is one word, not in the vocabulary
+
+
+def test_release_wordpiece_matches_hf_tokenizers(tmp_path):
+  tokenizers = pytest.importorskip("tokenizers", reason="`tokenizers` is not installed")
+  for individual in (True, False):
+    path = release_wordpiece_json(tmp_path / f"wp_{individual}.json", individual)
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    hf.enable_truncation(max_length=16)  # as the release: truncation and padding to 100
+    hf.enable_padding(length=16)
+    tok = T.load_tokenizer(path)
+    for text in REPORTS[:6] + WP_SENTENCES + ["12cm x 3 mm, ½ ² Ⅻ ٣4"]:
+      ids, mask = T.encode_text(tok, text, 16)
+      want = hf.encode("[CLS] " + text)
+      assert ids.tolist() == want.ids and mask.tolist() == want.attention_mask, repr(text)

@@ -4,8 +4,15 @@ One example per image (key: study id + dicom id), frontal views by default, the 
 splits, FINDINGS and IMPRESSION parsed from the free-text report, labels from the
 MIMIC-CXR CheXpert csv when present and from our labeler otherwise.
 
+Two data choices are config fields (training passes config.data.views and
+config.data.report_sections): `views` (default PA, AP: frontal) and `report_sections`
+(default findings, impression: the report is their concatenation). Both are recorded in
+the prepared set's metadata (`builder.info.metadata`), and a non-default choice is its own
+builder config, so it is prepared separately and never reuses another choice's files.
+
   python -m input_pipeline.build --dataset mimic_cxr --data_dir data \
-      --manual_dir /path/to/mimic-cxr-jpg --config.views=PA,AP,LATERAL
+      --manual_dir /path/to/mimic-cxr-jpg --config.views=PA,AP,LATERAL \
+      --config.report_sections=findings
 """
 from __future__ import annotations
 
@@ -161,26 +168,43 @@ def report_root(root: pathlib.Path) -> pathlib.Path:
 
 # ----------------------------------------------------------------------------- builder
 
+SECTIONS = ("findings", "impression")
+
+
 @dataclasses.dataclass
 class MimicCxrConfig(tfds.core.BuilderConfig):
   image_size: int = 256
   views: tuple = ("PA", "AP")  # empty: every view
+  report_sections: tuple = SECTIONS  # which of SECTIONS make up the report
+
+
+def wanted_sections(config: MimicCxrConfig) -> tuple[str, ...]:
+  sections = tuple(s.lower() for s in config.report_sections)
+  unknown = [s for s in sections if s not in SECTIONS]
+  if unknown or not sections:
+    raise ValueError(f"mimic_cxr: report_sections {config.report_sections!r}: choose one or "
+                     f"more of {', '.join(SECTIONS)}")
+  return sections
 
 
 class MimicCxr(common.Builder):
   """MIMIC-CXR-JPG images with their parsed reports and CheXpert labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "report_sections choice; views and report sections in metadata."}
   BUILDER_CONFIGS = [MimicCxrConfig(name="default")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
 
   def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
     return tfds.core.DatasetInfo(
         builder=self,
         description="MIMIC-CXR-JPG chest radiographs with findings and impression.",
         features=features.example_features(),
         homepage="https://physionet.org/content/mimic-cxr-jpg/",
+        metadata=tfds.core.MetadataDict(views=[v.upper() for v in cfg.views],
+                                        report_sections=list(wanted_sections(cfg))),
     )
 
   def _split_generators(self, dl_manager):
@@ -199,11 +223,14 @@ class MimicCxr(common.Builder):
 
   def _generate_examples(self, split, records, root, reports, labels):
     skips = common.SkipCounter(self.name, split)
+    keep = [s in wanted_sections(self.builder_config) for s in SECTIONS]
     no_text = 0
     study, sections = None, None
     for rec in records:
       if rec.study_id != study:  # records are sorted: each report is read once
         study, sections = rec.study_id, self._study_text(reports / rec.report_path)
+        if sections is not None:
+          sections = tuple(text if k else "" for text, k in zip(sections, keep))
       if sections is None or not any(sections):
         no_text += 1
         continue
@@ -220,7 +247,8 @@ class MimicCxr(common.Builder):
     skips.summary()
     if no_text:
       logging.warning("mimic_cxr/%s: %d image(s) skipped: report missing or without "
-                      "FINDINGS/IMPRESSION", split, no_text)
+                      "the chosen sections (%s)", split, no_text,
+                      ", ".join(wanted_sections(self.builder_config)))
 
   @staticmethod
   def _study_text(path: pathlib.Path) -> tuple[str, str] | None:
