@@ -21,7 +21,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssacl_jax import checkpointing, config_lib, data as data_lib, optim, pretrained, sharding
+from ssacl_jax import (checkpointing, config_lib, data as data_lib, layers, optim, pretrained,
+                       sharding)
 from ssacl_jax.metric_writers import MetricWriter
 from ssacl_jax.models import ssacl
 
@@ -170,8 +171,12 @@ def make_train_step(config, setup: StateSetup, loss_terms=ssacl.LOSS_NAMES):
   schedule = optim.learning_rate_schedule(config)
   accum = config.train.grad_accum_steps
   rules = sharding.rules(config)
+  compute_dtype = ssacl.dtype_from_name(config.model.dtype)
 
   def loss_fn(params, batch, consts, rng):
+    # Cast while the weights are still sharded, so fsdp gathers move compute-dtype bytes.
+    params = jax.lax.with_sharding_constraint(
+        layers.cast_matmul_weights(params, compute_dtype), setup.shardings["params"])
     with nn.logical_axis_rules(rules):
       return model.apply({"params": params}, batch, *consts, rngs={"mask": rng})
 
@@ -212,9 +217,11 @@ def make_train_step(config, setup: StateSetup, loss_terms=ssacl.LOSS_NAMES):
 
 def make_eval_step(config, setup: StateSetup):
   model, rules = setup.model, sharding.rules(config)
+  compute_dtype = ssacl.dtype_from_name(config.model.dtype)
 
   def eval_step(params, batch, *args):
     consts, key = args[:-1], args[-1]
+    params = layers.cast_matmul_weights(params, compute_dtype)
     with nn.logical_axis_rules(rules):
       _, metrics = model.apply({"params": params}, batch, *consts, rngs={"mask": key})
     return metrics

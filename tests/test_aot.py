@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from ssacl_jax import aot
+from ssacl_jax import aot, collectives
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = "tests/aot_tiny_config.py"
@@ -109,7 +109,7 @@ def test_collective_stats_counts_ops_and_result_bytes():
   %a2a = s32[32,2]{1,0} all-to-all(%y), dimensions={0}
   %add.9 = f32[1024]{0} add(%all-reduce.1, %all-reduce.1)
   """
-  s = aot.collective_stats(hlo)
+  s = collectives.collective_stats(hlo)
   assert s["all-reduce"] == {"count": 2, "bytes": 4096 + 64 + 64}
   assert s["all-gather"] == {"count": 1, "bytes": 256}
   assert s["reduce-scatter"] == {"count": 1, "bytes": 512}
