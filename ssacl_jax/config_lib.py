@@ -127,6 +127,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.axes = ("data", "fsdp", "tensor")
   c.mesh.shape = (-1, 1, 1)    # -1 takes the devices the others leave
+  # fsdp-sharded weights are all-gathered (in the compute dtype) once per step, not at
+  # each use (3 encoder passes, forward and backward): bench/RESULTS.md "Collectives".
+  c.mesh.gather_weights_once = True
   c.sharding_rules = DEFAULT_SHARDING_RULES
 
   c.checkpoint = ck = ml_collections.ConfigDict()

@@ -178,10 +178,14 @@ def test_pod_config_meshes_fit_the_physical_topology(name):
 
 # ----------------------------------------------------------------------------- the command
 def test_aot_cpu_devices_train_and_generate(tmp_path):
-  """The full lower/compile/report path on 4 fake CPU devices, fsdp 2 x data 2."""
+  """The full lower/compile/report path on 4 fake CPU devices, fsdp 2 x data 2, with the
+  collectives grouped by what they move and the roofline (CPU: figures given)."""
   out = tmp_path / "aot.json"
   code, stdout, report = run_aot("--config", f"{TINY}:fsdp=2", "--topology", "cpu:4",
-                                 "--what", "both", "--json", str(out))
+                                 "--what", "both", "--json", str(out), "--collectives",
+                                 "--roofline", "--peak_flops", "1e11",
+                                 "--hbm_bytes_per_s", "2e10",
+                                 "--interconnect_bytes_per_s", "1e9")
   assert code == 0, stdout
   assert report == json.loads(out.read_text())
   assert report["num_devices"] == 4 and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
@@ -192,6 +196,24 @@ def test_aot_cpu_devices_train_and_generate(tmp_path):
   assert report["steps"]["train"]["memory"]["alias_bytes"] > 0              # donated state
   assert report["steps"]["train"]["collectives"]["total"]["count"] > 0
   assert "train: compiled in" in stdout and stdout.splitlines()[-2] == "fits"
+  # The gathered parameters are named, with their bytes; the groups add up to the totals.
+  train_step = report["steps"]["train"]
+  gathered = {g["source"]: g for g in train_step["collective_groups"]
+              if g["op"] == "all-gather"}
+  wte = gathered["params/report_decoder/wte/embedding"]
+  vocab, width = 512, 32   # tests/tiny_config.py
+  assert (wte["dtype"], wte["group_size"], wte["bytes"] % (vocab * width * 4)) == ("f32", 2, 0)
+  assert "params/image_encoder/patch_embed/kernel" in gathered
+  totals = train_step["collective_totals"]["per_call"]
+  assert totals["all-gather"]["bytes_per_device"] == sum(g["bytes"] for g in gathered.values())
+  assert totals["total"]["bytes_all_devices"] == 4 * totals["total"]["bytes_per_device"]
+  assert "top 10 of" in stdout and "params/report_decoder/wte/embedding" in stdout
+  r = report["roofline"]
+  assert r["compute_s"] == pytest.approx(r["flops_per_device"] / 1e11)
+  assert r["memory_s"] == pytest.approx(train_step["bytes_accessed_per_device"] / 2e10)
+  assert r["interconnect_s"] == pytest.approx(train_step["wire_bytes_per_device"] / 5e8)
+  assert r["step_s"] == max(r["compute_s"], r["memory_s"], r["interconnect_s"]) > 0
+  assert r["paper_steps"] == 53_790 and "predicted step" in stdout
 
 
 def test_aot_does_not_fit_exits_with_the_numbers():
