@@ -42,7 +42,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from ssacl_jax import (anatomy, collectives, config_lib, generate, hardware, roofline,
+from ssacl_jax import (anatomy, collectives, config_lib, flops, generate, hardware, roofline,
                        sharding, train)
 from ssacl_jax.models import ssacl
 
@@ -348,15 +348,7 @@ def compile_report(lowered, num_devices: int, memory_limit: int | None,
 # ----------------------------------------------------------------------------- roofline
 def hand_flops_per_step(config) -> float:
   """Matmul FLOPs of one training step at the config's global batch, counted by hand."""
-  try:
-    from ssacl_jax.flops import hand_flops   # issue 18 moves the count into the library
-  except ImportError:   # until then it lives in bench/train_step.py
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
-    spec = importlib.util.spec_from_file_location("_train_step_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    hand_flops = module.hand_flops
-  return float(hand_flops(config, config.train.global_batch_size)["step"])
+  return float(flops.hand_flops(config, config.train.global_batch_size)["step"])
 
 
 def roofline_report(config, step: dict, num_devices: int, chip: dict) -> dict:
@@ -364,16 +356,16 @@ def roofline_report(config, step: dict, num_devices: int, chip: dict) -> dict:
   (roofline.chip_figures), and the paper recipe's predicted time to train."""
   hand = hand_flops_per_step(config) / num_devices
   xla = step.get("flops_per_device") or 0.0
-  flops = max(xla, hand)
+  step_flops = max(xla, hand)
   hbm = step.get("bytes_accessed_per_device") or 0.0
   wire = step["wire_bytes_per_device"]
   prediction = roofline.predict(
-      flops=flops, model_flops=hand, hbm_bytes=hbm, wire=wire,
+      flops=step_flops, model_flops=hand, hbm_bytes=hbm, wire=wire,
       peak_flops=chip["peak_flops"], hbm_bytes_per_s=chip["hbm_bytes_per_s"],
       interconnect_bytes_per_s=chip.get("interconnect_bytes_per_s"))
   steps = roofline.steps_to_train(PAPER_EPOCHS, PAPER_TRAIN_IMAGES,
                                   config.train.global_batch_size)
-  return {**prediction, "chip": chip, "flops_per_device": flops, "xla_flops_per_device": xla,
+  return {**prediction, "chip": chip, "flops_per_device": step_flops, "xla_flops_per_device": xla,
           "hand_flops_per_device": hand, "hbm_bytes_per_device": hbm,
           "wire_bytes_per_device": wire, "paper_epochs": PAPER_EPOCHS,
           "paper_train_images": PAPER_TRAIN_IMAGES, "paper_steps": steps,
