@@ -9,8 +9,12 @@ count, such as the decoding loop) and its source: the entry parameter it moves
 converts, copies, bitcasts and fusions, else the jax op of its metadata
 ('image_encoder/blocks/block0/mlp/fc2/dot_general'), with 'bwd' for the backward pass.
 
-`group_collectives` sums them by (op, source, pass, dtype, shape); `collective_stats`
-gives the per-op totals that `ssacl_jax.aot` has always reported (static counts).
+XLA:TPU's async collective fusion clones one collective into several fusion computations,
+each clone keeping the collective's channel_id: `collective_ops` keeps one instruction per
+(op, channel_id) (channel id 1, which XLA:TPU gives to many unrelated late all-reduces and
+permutes, is not merged). `collective_stats` still counts every instruction (the static
+counts `ssacl_jax.aot` has always reported); `group_collectives` sums the deduplicated
+collectives by (op, source, pass, dtype, shape).
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ _CALLEES = re.compile(r"\b(?:calls|to_apply|body|condition|branch_computations)=
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _PARAM_PATH = re.compile(r"\[\\?'([^'\\]*)\\?'\]")
+_CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,11 +184,12 @@ def _op_source(rest: str) -> tuple[str, bool]:
   return _clean_op_name(name), backward
 
 
-def collective_ops(hlo_text: str, num_devices: int = 1) -> list[Collective]:
-  """Every collective of a compiled HLO module (async pairs once, at their -start)."""
+def collective_ops(hlo_text: str, num_devices: int = 1, dedupe: bool = True) -> list[Collective]:
+  """The collectives of a compiled HLO module (async pairs once, at their -start; with
+  `dedupe`, clones sharing a channel id once)."""
   comps, entry = _computations(hlo_text)
   runs = _runs_per_call(comps, entry)
-  out = []
+  out, seen = [], set()
   for comp, instructions in comps.items():
     if comp not in runs:
       continue
@@ -200,6 +206,11 @@ def collective_ops(hlo_text: str, num_devices: int = 1) -> list[Collective]:
         arrays = arrays[len(arrays) // 2:] if len(arrays) > 1 else arrays
       if not arrays:
         continue
+      channel = _CHANNEL.search(ins.rest)
+      if dedupe and channel and channel.group(1) != "1":
+        if (op, channel.group(1)) in seen:
+          continue
+        seen.add((op, channel.group(1)))
       source, backward = _op_source(ins.rest)
       param = _traced_parameter(ins, by_name) if op == "all-gather" else None
       biggest = max(arrays, key=lambda a: a[2])
@@ -216,7 +227,7 @@ def collective_stats(hlo_text: str) -> dict:
   (all-gather: the gathered array, reduce-scatter: the scattered piece); async pairs count
   once, at their -start, whose operand half of the result tuple is left out.
   """
-  return static_stats(collective_ops(hlo_text))
+  return static_stats(collective_ops(hlo_text, dedupe=False))
 
 
 def static_stats(ops: list[Collective]) -> dict:
