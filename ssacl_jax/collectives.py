@@ -124,7 +124,8 @@ def replica_group_size(rest: str, num_devices: int) -> int:
   found = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", rest)
   if found:
     return int(found.group(2))
-  found = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", rest)
+  # mesh['axis_0'=1,'axis_1'=16] {'axis_1'}, maybe with device_ids=(...) before the axes.
+  found = re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}", rest)
   if found:
     sizes = dict(re.findall(r"'([^']+)'=(\d+)", found.group(1)))
     return math.prod(int(sizes[a]) for a in re.findall(r"'([^']+)'", found.group(2)))
@@ -141,22 +142,38 @@ def _parameter_path(op_name: str) -> str | None:
   return "/".join(keys) if keys else None
 
 
-def _traced_parameter(ins: _Instruction, by_name: dict[str, _Instruction]) -> str | None:
-  """The one entry parameter the instruction's operand comes from, if there is exactly one."""
-  found, frontier = set(), list(ins.operands[:1])
+def _callers(comps: dict[str, list[_Instruction]]) -> dict[str, list[tuple[str, _Instruction]]]:
+  """{computation: [(calling computation, fusion/call instruction)]}."""
+  out: dict[str, list[tuple[str, _Instruction]]] = {}
+  for comp, instructions in comps.items():
+    for ins in instructions:
+      if ins.opcode in ("fusion", "call"):
+        for callee in re.findall(r"calls=%([\w.\-]+)", ins.rest):
+          out.setdefault(callee, []).append((comp, ins))
+  return out
+
+
+def _traced_parameter(comp: str, ins: _Instruction, tables: dict, callers: dict) -> str | None:
+  """The one entry parameter the instruction's operand comes from, if there is exactly one:
+  followed through pass-through ops and out of fusions into their callers."""
+  found, frontier = set(), [(comp, name) for name in ins.operands[:1]]
   for _ in range(_TRACE_DEPTH):
     nxt = []
-    for name in frontier:
-      src = by_name.get(name)
+    for where, name in frontier:
+      src = tables[where].get(name)
       if src is None:
         continue
       if src.opcode == "parameter":
         op_name = _OP_NAME.search(src.rest)
         path = _parameter_path(op_name.group(1)) if op_name else None
+        index = int(re.match(r"\d+", src.rest).group())
         if path:
           found.add(path)
+        for caller_comp, call in callers.get(where, []):
+          if index < len(call.operands):
+            nxt.append((caller_comp, call.operands[index]))
       elif src.opcode in _PASS_THROUGH:
-        nxt.extend(src.operands)
+        nxt.extend((where, o) for o in src.operands)
     frontier = nxt
   return found.pop() if len(found) == 1 else None
 
@@ -189,11 +206,12 @@ def collective_ops(hlo_text: str, num_devices: int = 1, dedupe: bool = True) -> 
   `dedupe`, clones sharing a channel id once)."""
   comps, entry = _computations(hlo_text)
   runs = _runs_per_call(comps, entry)
+  tables = {comp: {ins.name: ins for ins in instructions} for comp, instructions in comps.items()}
+  callers = _callers(comps)
   out, seen = [], set()
   for comp, instructions in comps.items():
     if comp not in runs:
       continue
-    by_name = {ins.name: ins for ins in instructions}
     for ins in instructions:
       op = ins.opcode.removesuffix("-start")
       if op not in COLLECTIVES or ins.opcode.endswith("-done"):
@@ -212,7 +230,7 @@ def collective_ops(hlo_text: str, num_devices: int = 1, dedupe: bool = True) -> 
           continue
         seen.add((op, channel.group(1)))
       source, backward = _op_source(ins.rest)
-      param = _traced_parameter(ins, by_name) if op == "all-gather" else None
+      param = _traced_parameter(comp, ins, tables, callers) if op == "all-gather" else None
       biggest = max(arrays, key=lambda a: a[2])
       out.append(Collective(op, biggest[0], biggest[1], sum(a[2] for a in arrays),
                             replica_group_size(ins.rest, num_devices), param or source,

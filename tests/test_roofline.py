@@ -20,6 +20,11 @@ HloModule jit_train_step, entry_computation_layout={()->()}
   ROOT %c = pred[] constant(true)
 }
 
+%async_collective_fusion (x: bf16[16,32]) -> bf16[64,32] {
+  %x = bf16[16,32]{1,0} parameter(0)
+  ROOT %ag.clone = bf16[64,32]{1,0} all-gather(%x), channel_id=7, replica_groups=[2,4]<=[8], dimensions={0}, metadata={op_name="jit(step)/jvp(Model)/encoder/fc/dot_general"}
+}
+
 %scan_body (q: (s32[], f32[8])) -> (s32[], f32[8]) {
   %q = (s32[], f32[8]{0}) parameter(0)
   %x = f32[8]{0} get-tuple-element(%q), index=1
@@ -31,9 +36,10 @@ ENTRY %main (param.1: f32[16,32], param.2: f32[4]) -> f32[] {
   %param.1 = f32[16,32]{1,0} parameter(0), sharding={devices=[4,1,2]<=[8]}, metadata={op_name="state[\'params\'][\'encoder\'][\'fc\'][\'kernel\']"}
   %param.2 = f32[4]{0} parameter(1), metadata={op_name="state[\'params\'][\'encoder\'][\'fc\'][\'bias\']"}
   %convert.1 = bf16[16,32]{1,0} convert(%param.1), metadata={op_name="jit(step)/convert_element_type"}
-  %ag.1 = bf16[64,32]{1,0} all-gather(%convert.1), replica_groups=[2,4]<=[8], dimensions={0}, metadata={op_name="jit(step)/jvp(Model)/encoder/fc/dot_general"}
-  %ags = (bf16[16,32]{1,0}, bf16[64,32]{1,0}) all-gather-start(%convert.1), replica_groups=mesh['axis_0'=2,'axis_1'=4] {'axis_1'}, dimensions={0}, metadata={op_name="jit(step)/transpose(jvp(Model))/encoder/fc/dot_general"}
+  %ag.1 = bf16[64,32]{1,0} all-gather(%convert.1), channel_id=7, replica_groups=[2,4]<=[8], dimensions={0}, metadata={op_name="jit(step)/jvp(Model)/encoder/fc/dot_general"}
+  %ags = (bf16[16,32]{1,0}, bf16[64,32]{1,0}) all-gather-start(%convert.1), replica_groups=mesh['axis_0'=2,'axis_1'=4], device_ids=([4,2]T(1,0)) {'axis_1'}, dimensions={0}, metadata={op_name="jit(step)/transpose(jvp(Model))/encoder/fc/dot_general"}
   %agd = bf16[64,32]{1,0} all-gather-done(%ags)
+  %f = bf16[64,32]{1,0} fusion(%convert.1), kind=kOutput, calls=%async_collective_fusion
   %ag.2 = f32[8]{0} all-gather(%param.2), replica_groups=[4,2]<=[8], dimensions={0}, metadata={op_name="jit(step)/jvp(Model)/encoder/fc/add"}
   %rs = f32[4,32]{1,0} reduce-scatter(%g), replica_groups=[2,4]<=[8], dimensions={0}, to_apply=%add, metadata={op_name="jit(step)/transpose(jvp(Model))/encoder/fc/dot_general"}
   %ar.c = (f32[4]{0}, f32[2]{0}) all-reduce(%a, %b), replica_groups={}, to_apply=%add, metadata={op_name="(reduce_sum:jit(step)/transpose(jvp(Model))/encoder/fc/reduce_sum:jit(step)/transpose(jvp(Model))/head/reduce_sum)"}
@@ -50,7 +56,8 @@ def by(ops, **want):
 
 def test_collective_ops_name_their_parameter_pass_group_and_runs():
   ops = collectives.collective_ops(HLO, num_devices=8)
-  assert len(ops) == 7
+  assert len(ops) == 7   # the fusion's clone of %ag.1 (same channel id) counts once
+  assert len(collectives.collective_ops(HLO, num_devices=8, dedupe=False)) == 8
   fwd, bwd = by(ops, source="params/encoder/fc/kernel")
   assert (fwd.op, fwd.dtype, fwd.shape, fwd.bytes, fwd.group_size) == (
       "all-gather", "bf16", (64, 32), 64 * 32 * 2, 4)
@@ -82,7 +89,7 @@ def test_grouped_collectives_and_totals():
   assert call["total"]["count"] == 3 + 1 + 1 + 3
   assert loop["total"] == {"count": 1, "bytes_per_device": 4096, "bytes_all_devices": 8 * 4096}
   stats = collectives.collective_stats(HLO)                    # static counts, as before
-  assert stats["all-gather"]["count"] == 4 and stats["all-reduce"]["count"] == 2
+  assert stats["all-gather"]["count"] == 5 and stats["all-reduce"]["count"] == 2
 
 
 def test_ring_wire_bytes():
