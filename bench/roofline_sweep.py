@@ -10,7 +10,7 @@ scaled (ssacl_jax/roofline.py then predicts as for a compiled step):
   FLOPs        x b / b0 (the hand count is linear in the batch but for the global-batch
                loss terms, < 0.1% here);
   HBM bytes    x b / b0 (an upper bound: the weights' share does not grow with b), or,
-               given a second compiled report at another per-chip batch (--report2),
+               given a second aot report at another per-chip batch (--report2),
                the line W + A b through the two;
   collectives  all-gathers of parameters (source params/...) and their gradients'
                reduce-scatters keep their bytes, over the fsdp group: ring factor (f-1)/f;
@@ -71,12 +71,17 @@ def per_chip_batch(report: dict) -> float:
   return report["global_batch"] / report["num_devices"]
 
 
+def hbm_bytes(report: dict) -> float:
+  """HBM bytes accessed per chip of an aot report (with or without --roofline)."""
+  return report["steps"]["train"]["bytes_accessed_per_device"]
+
+
 def hbm_line(ref: dict, other: dict | None) -> tuple[float, float]:
   """(W, A): HBM bytes per chip = W + A b, through two reports, else through the origin."""
-  b0, h0 = per_chip_batch(ref), ref["roofline"]["hbm_bytes_per_device"]
+  b0, h0 = per_chip_batch(ref), hbm_bytes(ref)
   if other is None:
     return 0.0, h0 / b0
-  b1, h1 = per_chip_batch(other), other["roofline"]["hbm_bytes_per_device"]
+  b1, h1 = per_chip_batch(other), hbm_bytes(other)
   slope = (h1 - h0) / (b1 - b0)
   return h0 - slope * b0, slope
 
