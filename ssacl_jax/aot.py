@@ -8,7 +8,10 @@ batch shardings, donation), for the devices of a target that need not be attache
 
 and reports per-chip memory (`compiled.memory_analysis()`: arguments, outputs, temps,
 generated code, aliased donation), FLOPs (`compiled.cost_analysis()`) and the collectives
-in the compiled program. Exit status 3, with the numbers, when a step would not fit in a
+in the compiled program. `--collectives` lists them by what they move (the parameter or
+jax op, pass, dtype, shape: ssacl_jax/collectives.py) with totals per chip and per step;
+`--roofline` predicts the train step's time per chip from its FLOPs, HBM bytes and
+collective bytes and the chip's published figures (ssacl_jax/roofline.py, hardware.py). Exit status 3, with the numbers, when a step would not fit in a
 chip's memory (TPU: XLA's RESOURCE_EXHAUSTED at compile time; CPU/CUDA, or any platform
 with --hbm_bytes: the compiled footprint against the limit). The generation step is the
 SS-ACL beam search of ssacl_jax.generate (prefix, prefill, decoder loop with the KV cache).
