@@ -155,7 +155,8 @@ def base_config() -> ml_collections.ConfigDict:
   e.pathology_source = "head"  # or "oracle_reference_labels": the reference report's labels
   e.num_report_card = 8        # studies shown (with heat maps) in report_card.html
   e.decode = dict(method="beam", num_beams=3, max_new_tokens=100, min_new_tokens=80,
-                  repetition_penalty=2.0, length_penalty=2.0, top_p=0.9, temperature=1.0)
+                  repetition_penalty=2.0, length_penalty=2.0, top_p=0.9, temperature=1.0,
+                  gather_decoder_weights=True)   # on a mesh: once, not every step
 
   c.head = h = ml_collections.ConfigDict()   # the pathology head stage (--mode head)
   h.steps = 500
