@@ -108,7 +108,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from ssacl_jax import anatomy, sharding, train  # noqa: E402
+from ssacl_jax import anatomy, hardware, sharding, train  # noqa: E402
 from ssacl_jax.models import ssacl  # noqa: E402
 
 
