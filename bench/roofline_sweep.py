@@ -15,9 +15,9 @@ scaled (ssacl_jax/roofline.py then predicts as for a compiled step):
   collectives  all-gathers of parameters (source params/...) and their gradients'
                reduce-scatters keep their bytes, over the fsdp group: ring factor (f-1)/f;
                all-reduces keep their bytes over d x f chips; the rest keeps its wire bytes.
-Three kinds of rows: the pod configs at their meshes; the recommended slice for the paper recipe (global batch 256, every
-mesh (d, f) whose axes are products of the slice's torus axes) and weak scaling (fixed
-per-chip batch, fsdp over all chips).
+Three kinds of rows: the pod configs at their meshes; the recommended slice for the paper
+recipe (global batch 256, every mesh (d, f) whose axes are products of the slice's torus
+axes); weak scaling (fixed per-chip batch, fsdp over all chips).
 """
 from __future__ import annotations
 
