@@ -1,6 +1,7 @@
 """Roofline predictions for slices we did not compile, scaled from one compiled train step.
 
-  python bench/roofline_sweep.py --report bench/results/aot_tpu_v5e_256_after.json \
+  python bench/roofline_sweep.py --report bench/results/aot_tpu_v5e_256_collectives_before.json \
+      --report2 bench/results/aot_tpu_v5e_256_batch4096_nofsdp.json \
       --json bench/results/roofline_sweep.json
 
 The report is `python -m ssacl_jax.aot ... --collectives --roofline --json` of the paper
