@@ -78,8 +78,9 @@ def _arrays(text: str) -> list[tuple[str, tuple[int, ...], int]]:
 
 def _computations(hlo_text: str) -> tuple[dict[str, list[_Instruction]], str | None]:
   """{computation name: its instructions} and the entry computation's name."""
-  comps: dict[str, list[_Instruction]] = {}
-  entry, current = None, None
+  # Instructions before any computation header (an HLO excerpt) form one computation, "".
+  comps: dict[str, list[_Instruction]] = {"": []}
+  entry, current = None, ""
   for line in hlo_text.splitlines():
     header = _HEADER.match(line)
     if header:
@@ -88,7 +89,7 @@ def _computations(hlo_text: str) -> tuple[dict[str, list[_Instruction]], str | N
       if line.startswith("ENTRY"):
         entry = current
       continue
-    found = _INSTRUCTION.match(line) if current else None
+    found = _INSTRUCTION.match(line)
     if found:
       name, result, opcode, rest = found.groups()
       operand_text = rest.split("), ", 1)[0]

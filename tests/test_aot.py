@@ -207,7 +207,8 @@ def test_aot_cpu_devices_train_and_generate(tmp_path):
   assert (wte["dtype"], wte["group_size"], wte["bytes"] % (vocab * width * 4)) == ("f32", 2, 0)
   assert "params/image_encoder/patch_embed/kernel" in gathered
   totals = train_step["collective_totals"]["per_call"]
-  assert totals["all-gather"]["bytes_per_device"] == sum(g["bytes"] for g in gathered.values())
+  assert totals["all-gather"]["bytes_per_device"] == sum(
+      g["bytes"] for g in train_step["collective_groups"] if g["op"] == "all-gather")
   assert totals["total"]["bytes_all_devices"] == 4 * totals["total"]["bytes_per_device"]
   assert "top 10 of" in stdout and "params/report_decoder/wte/embedding" in stdout
   r = report["roofline"]
