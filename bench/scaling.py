@@ -14,8 +14,8 @@ Strategies over the (data, fsdp, tensor) mesh of N devices:
 2. A small config (tests/aot_tiny_config.py; --compile_config configs/demo.py for the demo
    model) on N = 1, 2, 4, 8 fake CPU devices, each N in its own
    process (XLA_FLAGS=--xla_force_host_platform_device_count=N): the compiled train step's
-   per-device memory and its collectives (ssacl_jax.aot.collective_stats: static counts of
-   all-reduce / all-gather / reduce-scatter / collective-permute / all-to-all and the bytes
+   per-device memory and its collectives (ssacl_jax.collectives.collective_stats: static
+   counts of all-reduce / all-gather / reduce-scatter / collective-permute / all-to-all and the bytes
    of their results).
 3. The AOT pod targets: the figures of bench/results/aot_*.json (python -m ssacl_jax.aot).
 """
@@ -112,14 +112,14 @@ def paper_state_table(config, sizes) -> list[dict]:
 def compile_stats(config, n: int) -> dict:
   """Compile the train step on the first n CPU devices: memory, FLOPs, collectives."""
   import jax
-  from ssacl_jax import aot
+  from ssacl_jax import aot, collectives
   mesh = aot.make_mesh(config, jax.devices("cpu")[:n])
   start = time.time()
   lowered, setup = aot.lower_train_step(config, mesh)
   compiled = lowered.compile()
   return {"compile_seconds": round(time.time() - start, 1),
           "memory": aot.memory_figures(compiled), **aot.cost_figures(compiled, n),
-          "collectives": aot.collective_stats(compiled.as_text() or "")}
+          "collectives": collectives.collective_stats(compiled.as_text() or "")}
 
 
 def worker(n: int, compile_config: str) -> list[dict]:

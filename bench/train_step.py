@@ -35,11 +35,6 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Datasheet dense bf16 peaks (FLOP/s per chip) for MFU off the CPU.
-DATASHEET_PEAK = (("h200", 989e12), ("h100", 989e12), ("a100", 312e12),
-                  ("tpu v5 lite", 197e12), ("tpu v5e", 197e12), ("tpu v5p", 459e12),
-                  ("tpu v5", 459e12), ("tpu v6", 918e12), ("tpu v4", 275e12))
-
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -113,7 +108,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from ssacl_jax import anatomy, sharding, train  # noqa: E402
+from ssacl_jax import anatomy, hardware, sharding, train  # noqa: E402
 from ssacl_jax.models import ssacl  # noqa: E402
 
 
@@ -256,10 +251,10 @@ def device_peak(spec: str) -> dict:
   platform = jax.default_backend()
   if spec not in ("auto", "measure"):
     return {"flops_per_s": float(spec), "source": "--peak"}
-  if spec == "auto" and platform != "cpu":
-    for name, peak in DATASHEET_PEAK:
-      if name in kind.lower():
-        return {"flops_per_s": peak, "source": f"datasheet dense bf16 ({kind})"}
+  chip = hardware.chip_for_device_kind(kind)
+  if spec == "auto" and platform != "cpu" and chip is not None:
+    return {"flops_per_s": chip.peak_bf16_flops, "source": f"datasheet dense bf16 ({kind}): "
+            f"{chip.source}"}
   return measured_matmul_peak()
 
 

@@ -8,7 +8,10 @@ batch shardings, donation), for the devices of a target that need not be attache
 
 and reports per-chip memory (`compiled.memory_analysis()`: arguments, outputs, temps,
 generated code, aliased donation), FLOPs (`compiled.cost_analysis()`) and the collectives
-in the compiled program. Exit status 3, with the numbers, when a step would not fit in a
+in the compiled program. `--collectives` lists them by what they move (the parameter or
+jax op, pass, dtype, shape: ssacl_jax/collectives.py) with totals per chip and per step;
+`--roofline` predicts the train step's time per chip from its FLOPs, HBM bytes and
+collective bytes and the chip's published figures (ssacl_jax/roofline.py, hardware.py). Exit status 3, with the numbers, when a step would not fit in a
 chip's memory (TPU: XLA's RESOURCE_EXHAUSTED at compile time; CPU/CUDA, or any platform
 with --hbm_bytes: the compiled footprint against the limit). The generation step is the
 SS-ACL beam search of ssacl_jax.generate (prefix, prefill, decoder loop with the KV cache).
@@ -42,22 +45,17 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from ssacl_jax import anatomy, config_lib, generate, sharding, train
+from ssacl_jax import (anatomy, collectives, config_lib, flops, generate, hardware, roofline,
+                       sharding, train)
 from ssacl_jax.models import ssacl
 
 EXIT_DOES_NOT_FIT = 3
 GIB = 1024 ** 3
 GPU_TARGETS = pathlib.Path(__file__).resolve().parents[1] / "configs" / "gpu_targets"
 
-# Per-chip HBM (public specs); XLA reserves a little of it, so TPU compiles fail a bit below.
-HBM_BYTES = {"v4": 32 * GIB, "v5e": 16 * GIB, "v5litepod": 16 * GIB, "v5p": 95 * GIB,
-             "v6e": 32 * GIB}
 MEGACORE = ("v4", "v5p")
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute",
-               "all-to-all")
-DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
-               "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
-               "c128": 16, "s4": 1, "u4": 1}
+# The paper recipe (SPEC 6): 51 epochs over MIMIC-CXR's ~270k training images.
+PAPER_EPOCHS, PAPER_TRAIN_IMAGES = 51, 270_000
 
 
 # ----------------------------------------------------------------------------- targets
@@ -94,9 +92,13 @@ def gpu_target_config(kind: str, directory: pathlib.Path = GPU_TARGETS) -> str:
 
 
 def device_memory_bytes(target: Target, gpu_config: str | None = None) -> int | None:
-  """A chip's memory: the HBM table for TPUs, the target config for GPUs, none for CPU."""
+  """A chip's memory: hardware.py for TPUs (XLA reserves a little of it, so compiles fail
+  a bit below), the target config for GPUs, none for CPU."""
   if target.platform == "tpu":
-    return HBM_BYTES.get(target.kind)
+    try:
+      return int(hardware.chip(target.kind).hbm_bytes)
+    except KeyError:
+      return None
   if target.platform == "cuda" and gpu_config:
     found = re.search(r"device_memory_size:\s*(\d+)", gpu_config)
     return int(found.group(1)) if found else None
@@ -198,43 +200,6 @@ def is_out_of_memory(message: str) -> bool:
   return "RESOURCE_EXHAUSTED" in message or "Ran out of memory" in message
 
 
-def _shape_bytes(text: str) -> list[int]:
-  sizes = []
-  for dtype, dims in re.findall(r"\b([a-z]+\d*(?:e\d+m\d+\w*)?)\[([\d,]*)\]", text):
-    width = DTYPE_BYTES.get(dtype, 1 if dtype.startswith("f8") else None)
-    if width is not None:
-      sizes.append(width * math.prod(int(d) for d in dims.split(",") if d))
-  return sizes
-
-
-_COLLECTIVE_LINE = re.compile(
-    r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
-
-
-def collective_stats(hlo_text: str) -> dict:
-  """Collective ops in a compiled HLO module: {op: {'count', 'bytes'}} (+ 'total').
-
-  Static counts (an op inside a loop counts once); bytes are each op's result per device
-  (all-gather: the gathered array, reduce-scatter: the scattered piece); async pairs count
-  once, at their -start, whose operand half of the result tuple is left out.
-  """
-  stats = {op: {"count": 0, "bytes": 0} for op in COLLECTIVES}
-  for line in hlo_text.splitlines():
-    found = _COLLECTIVE_LINE.search(line)
-    if not found:
-      continue
-    result, op, start = found.groups()
-    sizes = _shape_bytes(result)
-    if start and op in ("all-gather", "collective-permute", "all-to-all"):
-      arrays = [s for s in sizes if s > 4] or sizes   # drop u32[] sync flags
-      sizes = arrays[len(arrays) // 2:] if len(arrays) > 1 else arrays
-    stats[op]["count"] += 1
-    stats[op]["bytes"] += sum(sizes)
-  stats["total"] = {"count": sum(v["count"] for v in stats.values()),
-                    "bytes": sum(v["bytes"] for v in stats.values())}
-  return stats
-
-
 def memory_figures(compiled) -> dict:
   m = compiled.memory_analysis()
   if m is None:
@@ -298,9 +263,9 @@ def lower_train_step(config, mesh, model=None):
 
 
 def decode_settings(config):
-  """Decoding settings (config.decode if present, else SPEC 5), ids clipped to the vocab
+  """Decoding settings (config.eval.decode, else SPEC 5's), ids clipped to the vocab
   and the new tokens to the decoder positions the image prefix leaves (small configs)."""
-  cfg = generate.decode_config(config.get("decode"))
+  cfg = generate.decode_config(config.eval.get("decode"))
   m = config.model
   vocab = m.report.vocab_size
   prefix = anatomy.NUM_LEAVES + 1 + (m.image_size // m.patch) ** 2
@@ -343,8 +308,21 @@ def compiler_options(target: Target) -> dict:
   return {"xla_gpu_enable_triton_gemm": False} if target.platform == "cuda" else {}
 
 
+def collective_figures(hlo_text: str, num_devices: int, groups: bool = False) -> dict:
+  """Static per-op counts and bytes (as always reported), totals per call per chip and over
+  all chips, ring wire bytes per chip (the roofline's input) and, with `groups`, every
+  collective grouped by what it moves (ssacl_jax.collectives)."""
+  ops = collectives.collective_ops(hlo_text, num_devices)
+  out = {"collectives": collectives.static_stats(ops),
+         "collective_totals": collectives.collective_totals(ops, num_devices),
+         "wire_bytes_per_device": roofline.wire_bytes(ops)}
+  if groups:
+    out["collective_groups"] = collectives.group_collectives(ops)
+  return out
+
+
 def compile_report(lowered, num_devices: int, memory_limit: int | None,
-                   options: dict | None = None) -> dict:
+                   options: dict | None = None, groups: bool = False) -> dict:
   """Compile; memory, FLOPs and collectives, or the out-of-memory figures."""
   start = time.time()
   try:
@@ -359,7 +337,7 @@ def compile_report(lowered, num_devices: int, memory_limit: int | None,
             "compile_seconds": round(time.time() - start, 1)}
   report = {"fits": True, "compile_seconds": round(time.time() - start, 1),
             "memory": memory_figures(compiled), **cost_figures(compiled, num_devices),
-            "collectives": collective_stats(compiled.as_text() or "")}
+            **collective_figures(compiled.as_text() or "", num_devices, groups)}
   total = report["memory"].get("total_bytes")
   if memory_limit and total is not None and total > memory_limit:
     report["fits"] = False
@@ -370,10 +348,40 @@ def compile_report(lowered, num_devices: int, memory_limit: int | None,
   return report
 
 
+# ----------------------------------------------------------------------------- roofline
+def hand_flops_per_step(config) -> float:
+  """Matmul FLOPs of one training step at the config's global batch, counted by hand."""
+  return float(flops.hand_flops(config, config.train.global_batch_size)["step"])
+
+
+def roofline_report(config, step: dict, num_devices: int, chip: dict) -> dict:
+  """The roofline prediction (ssacl_jax.roofline) of a compiled train step on `chip`
+  (roofline.chip_figures), and the paper recipe's predicted time to train."""
+  hand = hand_flops_per_step(config) / num_devices
+  xla = step.get("flops_per_device") or 0.0
+  step_flops = max(xla, hand)
+  hbm = step.get("bytes_accessed_per_device") or 0.0
+  wire = step["wire_bytes_per_device"]
+  prediction = roofline.predict(
+      flops=step_flops, model_flops=hand, hbm_bytes=hbm, wire=wire,
+      peak_flops=chip["peak_flops"], hbm_bytes_per_s=chip["hbm_bytes_per_s"],
+      interconnect_bytes_per_s=chip.get("interconnect_bytes_per_s"))
+  steps = roofline.steps_to_train(PAPER_EPOCHS, PAPER_TRAIN_IMAGES,
+                                  config.train.global_batch_size)
+  return {**prediction, "chip": chip, "flops_per_device": step_flops, "xla_flops_per_device": xla,
+          "hand_flops_per_device": hand, "hbm_bytes_per_device": hbm,
+          "wire_bytes_per_device": wire, "paper_epochs": PAPER_EPOCHS,
+          "paper_train_images": PAPER_TRAIN_IMAGES, "paper_steps": steps,
+          "paper_hours": steps * prediction["step_s"] / 3600}
+
+
 # ----------------------------------------------------------------------------- report
 def run_aot(config, target: Target, what: str = "train", memory_limit: int | None = None,
-            gen_batch: int = 0, devices=None) -> dict:
-  """Lower and compile the chosen steps for the target; the report as a dict."""
+            gen_batch: int = 0, devices=None, groups: bool = False,
+            chip: dict | None = None) -> dict:
+  """Lower and compile the chosen steps for the target; the report as a dict. `groups`:
+  list the collectives by what they move; `chip` (roofline.chip_figures): add the roofline
+  prediction of the train step."""
   devices = devices if devices is not None else target_devices(target)
   mesh = make_mesh(config, devices)
   if memory_limit is None:
@@ -395,12 +403,15 @@ def run_aot(config, target: Target, what: str = "train", memory_limit: int | Non
   report["opt_state_bytes_per_device"] = sharding.per_device_bytes(state["opt_state"])
   if what in ("train", "both"):
     report["steps"]["train"] = compile_report(lowered, len(devices), memory_limit,
-                                              compiler_options(target))
+                                              compiler_options(target), groups)
+    if chip and report["steps"]["train"]["fits"]:
+      report["roofline"] = roofline_report(config, report["steps"]["train"], len(devices),
+                                           chip)
   del lowered
   if what in ("generate", "both"):
     size = generation_batch_size(config, mesh, gen_batch)
     gen = compile_report(lower_generate(config, mesh, state["params"], size), len(devices),
-                         memory_limit, compiler_options(target))
+                         memory_limit, compiler_options(target), groups)
     report["steps"]["generate"] = dict(gen, batch=size,
                                        decode=dataclasses.asdict(decode_settings(config)))
   report["fits"] = all(s["fits"] for s in report["steps"].values())
@@ -411,7 +422,7 @@ def _gib(n) -> str:
   return "-" if n is None else f"{n / GIB:8.3f} GiB"
 
 
-def summary_lines(report: dict) -> list[str]:
+def summary_lines(report: dict, top: int = 10) -> list[str]:
   lines = [f"target {report['target']} ({report['device_kind']} x {report['num_devices']}), "
            f"mesh {report['mesh']}, global batch {report['global_batch']}, "
            f"{report['num_params']:,} params",
@@ -435,8 +446,49 @@ def summary_lines(report: dict) -> list[str]:
     lines.append(f"    flops/device {flops if flops is None else f'{flops:.4g}'}; collectives: "
                  + ", ".join(f"{op} {v['count']} ({v['bytes'] / 2**20:.1f} MiB)"
                              for op, v in coll.items() if v["count"] and op != "total"))
+    if "collective_groups" in step:
+      lines.extend(collective_lines(step, report["num_devices"], top))
+  if "roofline" in report:
+    lines.extend(roofline_lines(report["roofline"]))
   lines.append("fits" if report["fits"] else "DOES NOT FIT")
   return lines
+
+
+def collective_lines(step: dict, num_devices: int, top: int) -> list[str]:
+  """Totals per call (per chip and all chips) and the `top` groups by bytes."""
+  lines = []
+  for part, by_op in step["collective_totals"].items():
+    t = by_op["total"]
+    if not t["count"]:
+      continue
+    lines.append(f"    collectives {part.replace('_', ' ')}: {t['count']} ops, "
+                 f"{t['bytes_per_device'] / 1e9:.3f} GB per chip, "
+                 f"{t['bytes_all_devices'] / 1e9:.1f} GB on {num_devices} chips; "
+                 + ", ".join(f"{op} {v['count']} ({v['bytes_per_device'] / 1e9:.3f} GB)"
+                             for op, v in by_op.items() if op != "total"))
+  groups = step["collective_groups"]
+  lines.append(f"    top {min(top, len(groups))} of {len(groups)} collective groups by bytes "
+               "per chip (count: executions per call; loop: per decoding-loop iteration):")
+  lines.append(f"      {'op':14s} {'pass':4s} {'dtype':5s} {'shape':>18s} {'group':>5s} "
+               f"{'count':>5s} {'MB':>9s}  source")
+  for g in groups[:top]:
+    shape = "x".join(map(str, g["shape"])) or "scalar"
+    lines.append(f"      {g['op']:14s} {g['pass']:4s} {g['dtype']:5s} {shape:>18s} "
+                 f"{g['group_size']:5d} {g['count']:5d} {g['bytes'] / 1e6:9.2f}  "
+                 f"{g['source']}{' (loop)' if g['in_loop'] else ''}")
+  return lines
+
+
+def roofline_lines(r: dict) -> list[str]:
+  return [f"  roofline per chip ({r['chip']['source'].split(':')[0]}): compute "
+          f"{r['compute_s'] * 1e3:.2f} ms ({r['flops_per_device']:.3g} FLOPs), "
+          f"memory {r['memory_s'] * 1e3:.2f} ms ({r['hbm_bytes_per_device'] / 1e9:.2f} GB), "
+          f"interconnect {r['interconnect_s'] * 1e3:.2f} ms "
+          f"({r['wire_bytes_per_device'] / 1e9:.3f} GB on the wire)",
+          f"    predicted step {r['step_s'] * 1e3:.2f} ms (serial {r['serial_s'] * 1e3:.2f} ms), "
+          f"bound by {r['binding']}; MFU upper bound {r['mfu_upper_bound']:.1%}; "
+          f"paper recipe ({r['paper_epochs']} epochs, {r['paper_steps']} steps) "
+          f"{r['paper_hours']:.2f} h"]
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -454,6 +506,18 @@ def define_flags() -> None:
                        "target's own; CPU: none).")
   flags.DEFINE_integer("gen_batch", 0, "Generation batch (0: config.eval.batch_size rounded "
                        "up to the batch shards).")
+  flags.DEFINE_bool("collectives", False, "List the collectives grouped by what they move "
+                    "(source, pass, dtype, shape) with per-chip and per-step totals.")
+  flags.DEFINE_integer("top", 10, "Collective groups printed with --collectives (the JSON "
+                       "holds all).")
+  flags.DEFINE_bool("roofline", False, "Predict the train step's time per chip from its "
+                    "FLOPs, HBM bytes and collective bytes (ssacl_jax/roofline.py).")
+  flags.DEFINE_float("peak_flops", 0.0, "Roofline: peak FLOP/s per chip (0: hardware.py's; "
+                     "needed for CPU).")
+  flags.DEFINE_float("hbm_bytes_per_s", 0.0, "Roofline: memory bandwidth per chip (0: "
+                     "hardware.py's; needed for CPU).")
+  flags.DEFINE_float("interconnect_bytes_per_s", 0.0, "Roofline: bidirectional interconnect "
+                     "bandwidth per chip (0: hardware.py's).")
   flags.mark_flags_as_required(["config", "topology"])
 
 
@@ -476,9 +540,18 @@ def main(argv):
   except (RuntimeError, ValueError) as e:   # libtpu / GPU plugin / target config missing
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2)
-  report = run_aot(config, target, f.what, f.hbm_bytes or None, f.gen_batch, devices)
+  chip = None
+  if f.roofline:
+    try:
+      chip = roofline.chip_figures(target.kind, peak_flops=f.peak_flops,
+                                   hbm_bytes_per_s=f.hbm_bytes_per_s,
+                                   interconnect_bytes_per_s=f.interconnect_bytes_per_s)
+    except ValueError as e:
+      raise app.UsageError(str(e), exitcode=2)
+  report = run_aot(config, target, f.what, f.hbm_bytes or None, f.gen_batch, devices,
+                   groups=f.collectives, chip=chip)
   report["config"] = _config_arg()
-  for line in summary_lines(report):
+  for line in summary_lines(report, f.top):
     print(line)
   text = json.dumps(report, sort_keys=True)
   if f.json:

@@ -144,6 +144,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.axes = ("data", "fsdp", "tensor")
   c.mesh.shape = (-1, 1, 1)    # -1 takes the devices the others leave
+  # fsdp-sharded weights are all-gathered (in the compute dtype) once per step, not at
+  # each use (3 encoder passes, forward and backward): bench/RESULTS.md "Collectives".
+  c.mesh.gather_weights_once = True
   c.sharding_rules = DEFAULT_SHARDING_RULES
 
   c.checkpoint = ck = ml_collections.ConfigDict()
@@ -180,7 +183,8 @@ def base_config() -> ml_collections.ConfigDict:
   e.chexbert_vocab = ""        # the bert-base-uncased vocab.txt it was trained with
   e.chexbert_batch_size = 64   # reports per CheXbert batch (a multiple of the batch shards)
   e.decode = dict(method="beam", num_beams=3, max_new_tokens=100, min_new_tokens=80,
-                  repetition_penalty=2.0, length_penalty=2.0, top_p=0.9, temperature=1.0)
+                  repetition_penalty=2.0, length_penalty=2.0, top_p=0.9, temperature=1.0,
+                  gather_decoder_weights=True)   # on a mesh: once, not every step
   # A phrase grounding set to score instead of the report metrics (builders.PHRASE_GROUNDING,
   # e.g. 'ms_cxr'; '' scores data.dataset), its builder options and its files.
   e.dataset = ""

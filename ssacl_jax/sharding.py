@@ -93,3 +93,15 @@ def per_device_bytes(tree) -> int:
     shape = leaf.shape if sharding is None else sharding.shard_shape(leaf.shape)
     total += int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
   return total
+
+
+def without_axis(shardings, axis: str):
+  """The same shardings with mesh axis `axis` dropped from every spec (gathered over it)."""
+  def drop(entry):
+    if isinstance(entry, tuple):
+      rest = tuple(a for a in entry if a != axis)
+      return rest if len(rest) > 1 else (rest[0] if rest else None)
+    return None if entry == axis else entry
+
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(*(drop(e) for e in s.spec))),
+                      shardings)

@@ -174,6 +174,34 @@ def _microbatches(batch, steps: int):
 DROPOUT_STREAM = 2**31 - 1  # folded into a step's key for its dropout key
 
 
+def make_loss_fn(config, model, param_shardings=None):
+  """loss_fn(params, batch, consts, rng) -> (total loss, metrics), as the train step runs it.
+
+  The matmul weights are cast to the compute dtype while still sharded (param_shardings),
+  so that fsdp all-gathers move compute-dtype bytes; with `mesh.gather_weights_once` they
+  are then gathered over the fsdp axis once, for all three encoder passes and the backward
+  pass (whose gradients are reduce-scattered once, in turn).
+  """
+  rules = sharding.rules(config)
+  compute_dtype = ssacl.dtype_from_name(config.model.dtype)
+  gathered = None
+  if param_shardings is not None and config.mesh.get("gather_weights_once"):
+    gathered = sharding.without_axis(param_shardings, "fsdp")
+
+  def loss_fn(params, batch, consts, rng):
+    params = layers.cast_matmul_weights(params, compute_dtype)
+    if param_shardings is not None:
+      params = jax.lax.with_sharding_constraint(params, param_shardings)
+    if gathered is not None:
+      params = jax.lax.with_sharding_constraint(params, gathered)
+    # Dropout draws from its own stream, derived from (never equal to) the masking key.
+    rngs = {"mask": rng, layers.DROPOUT: jax.random.fold_in(rng, DROPOUT_STREAM)}
+    with nn.logical_axis_rules(rules):
+      return model.apply({"params": params}, batch, *consts, rngs=rngs)
+
+  return loss_fn
+
+
 def make_train_step(config, setup: StateSetup, loss_terms=ssacl.LOSS_NAMES):
   """train_step(state, batch, *consts, base_key) -> (state, metrics).
 
@@ -184,13 +212,7 @@ def make_train_step(config, setup: StateSetup, loss_terms=ssacl.LOSS_NAMES):
   model, tx = setup.model, setup.tx
   schedule = optim.learning_rate_schedule(config)
   accum = config.train.grad_accum_steps
-  rules = sharding.rules(config)
-
-  def loss_fn(params, batch, consts, rng):
-    # Dropout draws from its own stream, derived from (never equal to) the masking key.
-    rngs = {"mask": rng, layers.DROPOUT: jax.random.fold_in(rng, DROPOUT_STREAM)}
-    with nn.logical_axis_rules(rules):
-      return model.apply({"params": params}, batch, *consts, rngs=rngs)
+  loss_fn = make_loss_fn(config, model, setup.shardings["params"])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -229,9 +251,11 @@ def make_train_step(config, setup: StateSetup, loss_terms=ssacl.LOSS_NAMES):
 
 def make_eval_step(config, setup: StateSetup):
   model, rules = setup.model, sharding.rules(config)
+  compute_dtype = ssacl.dtype_from_name(config.model.dtype)
 
   def eval_step(params, batch, *args):
     consts, key = args[:-1], args[-1]
+    params = layers.cast_matmul_weights(params, compute_dtype)
     with nn.logical_axis_rules(rules):
       _, metrics = model.apply({"params": params}, batch, *consts, rngs={"mask": key})
     return metrics

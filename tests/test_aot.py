@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from ssacl_jax import aot
+from ssacl_jax import aot, collectives
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = "tests/aot_tiny_config.py"
@@ -109,7 +109,7 @@ def test_collective_stats_counts_ops_and_result_bytes():
   %a2a = s32[32,2]{1,0} all-to-all(%y), dimensions={0}
   %add.9 = f32[1024]{0} add(%all-reduce.1, %all-reduce.1)
   """
-  s = aot.collective_stats(hlo)
+  s = collectives.collective_stats(hlo)
   assert s["all-reduce"] == {"count": 2, "bytes": 4096 + 64 + 64}
   assert s["all-gather"] == {"count": 1, "bytes": 256}
   assert s["reduce-scatter"] == {"count": 1, "bytes": 512}
@@ -132,7 +132,9 @@ def test_generation_batch_rounds_up_to_the_batch_shards():
 
 
 POD_CONFIGS = {"tpu_v5e_256": "v5e:16x16", "tpu_v5p_128": "v5p:4x4x4",
-               "tpu_v4_64": "v4:2x4x4", "gpu_8xh200": "h200:1x1x8"}
+               "tpu_v4_64": "v4:2x4x4", "gpu_8xh200": "h200:1x1x8",
+               # the recommended slices for the paper recipe (bench/RESULTS.md)
+               "tpu_v5p_32": "v5p:2x2x4", "tpu_v5e_64": "v5e:8x8"}
 
 
 @pytest.mark.parametrize("name", sorted(POD_CONFIGS))
@@ -178,10 +180,14 @@ def test_pod_config_meshes_fit_the_physical_topology(name):
 
 # ----------------------------------------------------------------------------- the command
 def test_aot_cpu_devices_train_and_generate(tmp_path):
-  """The full lower/compile/report path on 4 fake CPU devices, fsdp 2 x data 2."""
+  """The full lower/compile/report path on 4 fake CPU devices, fsdp 2 x data 2, with the
+  collectives grouped by what they move and the roofline (CPU: figures given)."""
   out = tmp_path / "aot.json"
   code, stdout, report = run_aot("--config", f"{TINY}:fsdp=2", "--topology", "cpu:4",
-                                 "--what", "both", "--json", str(out))
+                                 "--what", "both", "--json", str(out), "--collectives",
+                                 "--roofline", "--peak_flops", "1e11",
+                                 "--hbm_bytes_per_s", "2e10",
+                                 "--interconnect_bytes_per_s", "1e9")
   assert code == 0, stdout
   assert report == json.loads(out.read_text())
   assert report["num_devices"] == 4 and report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
@@ -192,6 +198,25 @@ def test_aot_cpu_devices_train_and_generate(tmp_path):
   assert report["steps"]["train"]["memory"]["alias_bytes"] > 0              # donated state
   assert report["steps"]["train"]["collectives"]["total"]["count"] > 0
   assert "train: compiled in" in stdout and stdout.splitlines()[-2] == "fits"
+  # The gathered parameters are named, with their bytes; the groups add up to the totals.
+  train_step = report["steps"]["train"]
+  gathered = {g["source"]: g for g in train_step["collective_groups"]
+              if g["op"] == "all-gather"}
+  wte = gathered["params/report_decoder/wte/embedding"]
+  vocab, width = 512, 32   # tests/tiny_config.py
+  assert (wte["dtype"], wte["group_size"], wte["bytes"] % (vocab * width * 4)) == ("f32", 2, 0)
+  assert "params/image_encoder/patch_embed/kernel" in gathered
+  totals = train_step["collective_totals"]["per_call"]
+  assert totals["all-gather"]["bytes_per_device"] == sum(
+      g["bytes"] for g in train_step["collective_groups"] if g["op"] == "all-gather")
+  assert totals["total"]["bytes_all_devices"] == 4 * totals["total"]["bytes_per_device"]
+  assert "top 10 of" in stdout and "params/report_decoder/wte/embedding" in stdout
+  r = report["roofline"]
+  assert r["compute_s"] == pytest.approx(r["flops_per_device"] / 1e11)
+  assert r["memory_s"] == pytest.approx(train_step["bytes_accessed_per_device"] / 2e10)
+  assert r["interconnect_s"] == pytest.approx(train_step["wire_bytes_per_device"] / 5e8)
+  assert r["step_s"] == max(r["compute_s"], r["memory_s"], r["interconnect_s"]) > 0
+  assert r["paper_steps"] == 51 * 270_000 // 8 and "predicted step" in stdout   # batch 8
 
 
 def test_aot_does_not_fit_exits_with_the_numbers():

@@ -505,3 +505,35 @@ def test_kv_cache_rows_follow_the_batch_sharding(tiny):
   assert keys.shape[0] == 8
   assert keys.sharding.spec[0] == ("data", "fsdp")  # rows split over all 8 devices
   assert keys.addressable_shards[0].data.shape[0] == 1
+
+
+def test_gathering_decoder_weights_once_gives_the_same_reports_on_a_mesh(tiny):
+  """fsdp-sharded weights on 8 devices: gathering the decoder once before the loop (in
+  the compute dtype) decodes exactly as gathering at every step, and as one device does."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from ssacl_jax import sharding
+  config = tiny_config()
+  config.mesh.shape = (1, 8, 1)
+  mesh = sharding.make_mesh(config)
+  m = tiny["model"]
+  boxed = jax.eval_shape(lambda r: m.init({"params": r, "mask": r},
+                                          ssacl.dummy_batch(config, 1), tiny["ids"],
+                                          tiny["mask"]), jax.random.key(0))["params"]
+  shardings = sharding.logical_shardings(boxed, mesh, config)
+  assert shardings["report_decoder"]["wte"]["embedding"].spec[1] == "fsdp"
+  params = jax.device_put(tiny["variables"]["params"], shardings)
+  rows = NamedSharding(mesh, P())
+  cfg = gen.DecodeConfig(method="beam", num_beams=2, max_new_tokens=4, min_new_tokens=1,
+                         eos_id=tiny["eos"], pad_id=0)
+  args = (tiny["images"], tiny["ids"], tiny["mask"], tiny["leaf_mask"])
+  out = {}
+  for gather in (False, True):
+    c = dataclasses.replace(cfg, gather_decoder_weights=gather)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
+      out[gather] = gen.generate_reports(m, {"params": params},
+                                         *jax.device_put(args, rows), c)
+  alone = gen.generate_reports(m, tiny["variables"], *args, cfg)
+  for field in ("tokens", "lengths"):
+    np.testing.assert_array_equal(getattr(out[True], field), getattr(out[False], field))
+    np.testing.assert_array_equal(getattr(out[True], field), getattr(alone, field))
+  np.testing.assert_allclose(out[True].scores, out[False].scores, rtol=1e-6)

@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import ssacl_vitb16
-from ssacl_jax import layers, param_count, sharding
+from ssacl_jax import layers, param_count, sharding, train
 from ssacl_jax.models import ssacl
 from tiny_config import tiny_config
 
@@ -207,19 +207,26 @@ def test_jitted_forward_backward_on_8_device_mesh_with_fsdp_params(tiny, scan_la
   assert spec == P(None, "fsdp")
   params = jax.device_put(variables["params"], shardings)
   batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
-  rules = sharding.rules(config)
   big, _ = random_batch(config, 8, seed=1)
+  # The train step's loss: weights cast, then gathered over fsdp once (mesh.gather_weights_once).
+  assert config.mesh.gather_weights_once
 
-  def loss(p, b):
-    with nn.logical_axis_rules(rules):
-      return model.apply({"params": p}, b, *tokens, rngs={"mask": jax.random.key(7)})[0]
+  def loss(fn):
+    return lambda p, b: fn(p, b, tokens, jax.random.key(7))
 
-  step = jax.jit(jax.value_and_grad(loss), in_shardings=(shardings, batch_sharding),
-                 out_shardings=(NamedSharding(mesh, P()), shardings))
+  replicated = NamedSharding(mesh, P())
+  step = jax.jit(jax.value_and_grad(loss(train.make_loss_fn(config, model, shardings)),
+                                    has_aux=True),
+                 in_shardings=(shardings, batch_sharding),
+                 out_shardings=((replicated, replicated), shardings))
   with jax.set_mesh(mesh):
-    value, grads = step(params, jax.device_put(big, batch_sharding))
-  ref_value, ref_grads = jax.jit(jax.value_and_grad(loss))(variables["params"], big)
+    (value, metrics), grads = step(params, jax.device_put(big, batch_sharding))
+  (ref_value, ref_metrics), ref_grads = jax.jit(jax.value_and_grad(
+      loss(train.make_loss_fn(config, model)), has_aux=True))(variables["params"], big)
   np.testing.assert_allclose(value, ref_value, rtol=1e-4)
+  for name in ssacl.LOSS_NAMES:   # each of the five losses, sharded as unsharded
+    np.testing.assert_allclose(metrics[f"loss_{name}"], ref_metrics[f"loss_{name}"],
+                               rtol=1e-4, atol=1e-6, err_msg=name)
   assert grads["image_encoder"]["patch_embed"]["kernel"].sharding.spec == P(None, "fsdp")
   if scan_layers:
     fc1 = grads["image_encoder"]["blocks"]["layers"]["block"]["mlp"]["fc1"]["kernel"]

@@ -1,0 +1,31 @@
+"""SS-ACL at the paper's sizes on a Cloud TPU v5e-64 slice (v5litepod-64: 8x8 chips, 16 GiB
+HBM each, 16 hosts of 4 chips): the v5e slice recommended for the paper recipe.
+
+Mesh (data 64, fsdp 1, tensor 1): plain data parallelism, 4 examples per chip at the
+paper's global batch of 256; parameters and AdamW state (3.0 GiB) fit on every chip, so
+no weight is gathered and each step all-reduces the gradients once. bfloat16 compute,
+float32 parameters and optimizer state, no rematerialisation.
+
+Predicted (offline roofline, bench/RESULTS.md "Recommended slice"): 52 ms per step, bound
+by HBM traffic, MFU <= 20%; 51 epochs (53,790 steps) in 0.78 h.
+
+Launch:
+
+  python launch/tpu_pod.py all --name ssacl-v5e-64 --zone us-west4-a \
+      --accelerator-type v5litepod-64 --version v2-alpha-tpuv5-lite \
+      --repo-url https://github.com/OWNER/ssacl_jax.git --data gs://BUCKET/tfds \
+      --config configs/tpu_v5e_64.py --workdir gs://BUCKET/runs/v5e_64
+
+Check that it compiles and fits without a TPU, and predict its step:
+
+  JAX_PLATFORMS=cpu python -m ssacl_jax.aot --config configs/tpu_v5e_64.py --topology v5e:8x8 --roofline
+
+Variants: batch=N (global), steps=N, fsdp=N, tensor=N (data takes the chips left),
+accum=N, remat, fp32, dataset=NAME.
+"""
+from ssacl_jax import config_lib
+
+
+def get_config(arg=None):
+  # eval: one image per chip
+  return config_lib.pod_config(arg, fsdp=1, num_workers=4, eval_batch_size=64)

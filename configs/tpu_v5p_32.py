@@ -1,0 +1,30 @@
+"""SS-ACL at the paper's sizes on a Cloud TPU v5p-32 slice (2x2x4 = 16 megacore chips,
+95 GiB HBM each, 4 hosts of 4 chips): the slice recommended for the paper recipe.
+
+Mesh (data 16, fsdp 1, tensor 1): plain data parallelism, 16 examples per chip at the
+paper's global batch of 256; parameters and AdamW state (3.0 GiB) fit on every chip, so
+no weight is gathered and each step all-reduces the gradients once. bfloat16 compute,
+float32 parameters and optimizer state, no rematerialisation.
+
+Predicted (offline roofline, bench/RESULTS.md "Recommended slice"): 47 ms per step, bound
+by HBM traffic, MFU <= 38%; 51 epochs (53,790 steps) in 0.71 h.
+
+Launch:
+
+  python launch/tpu_pod.py all --name ssacl-v5p-32 --zone us-east5-a \
+      --accelerator-type v5p-32 --version v2-alpha-tpuv5 \
+      --repo-url https://github.com/OWNER/ssacl_jax.git --data gs://BUCKET/tfds \
+      --config configs/tpu_v5p_32.py --workdir gs://BUCKET/runs/v5p_32
+
+Check that it compiles and fits without a TPU, and predict its step:
+
+  JAX_PLATFORMS=cpu python -m ssacl_jax.aot --config configs/tpu_v5p_32.py --topology v5p:2x2x4 --roofline
+
+Variants: batch=N (global), steps=N, fsdp=N, tensor=N (data takes the chips left),
+accum=N, remat, fp32, dataset=NAME.
+"""
+from ssacl_jax import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.pod_config(arg, fsdp=1, num_workers=4, eval_batch_size=128)
