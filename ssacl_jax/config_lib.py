@@ -99,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.shuffle_seed = 0
   d.num_workers = 0
   d.prefetch_buffer = 2
+  d.device_prefetch = 1        # batches put on the devices ahead of the running step
   d.decoder_tokenizer = ""     # local GPT-2 files (vocab.json+merges.txt or gpt2.tiktoken)
   d.text_tokenizer = ""        # e.g. the release's WordPiece JSON (mimic_wordpiece.json)
 
@@ -111,6 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
   t.eval_every_steps = 5000
   t.seed = 0
   t.stop_at_step = 0           # >0: checkpoint and stop there (the schedule still spans num_steps)
+  t.profile_steps = (0, 0)     # (start, stop): jax.profiler trace of those steps -> WORKDIR/profile
+  t.peak_flops_per_device = 0.0  # for MFU; 0: ssacl_jax/hardware.py's table (none on CPU)
+  t.compilation_cache_dir = "auto"  # 'auto': WORKDIR/../compilation_cache; '': none
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 2.5e-4
@@ -127,6 +131,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.axes = ("data", "fsdp", "tensor")
   c.mesh.shape = (-1, 1, 1)    # -1 takes the devices the others leave
+  c.mesh.dcn_shape = ()        # multi-slice: slices per axis, e.g. (2, 1, 1); () = one slice
   c.sharding_rules = DEFAULT_SHARDING_RULES
 
   c.checkpoint = ck = ml_collections.ConfigDict()
@@ -334,9 +339,11 @@ def run_app(main) -> None:
 def pod_config(arg, *, fsdp: int, num_workers: int, eval_batch_size: int):
   """The paper model on an accelerator slice: bf16 compute, float32 parameters, a
   (data, fsdp, tensor) mesh. Variants: batch, steps, fsdp, tensor, accum, remat, fp32,
-  dataset (`configs/tpu_v5e_256.py:batch=1024,remat`)."""
+  dataset, slices (`configs/tpu_v5e_256.py:batch=1024,remat`). slices=N: N such slices
+  joined over DCN, the data axis across them (mesh.dcn_shape (N, 1, 1)); the batch is
+  the global one over all slices."""
   a = parse_arg(arg, batch=256, steps=100_000, fsdp=fsdp, tensor=1, accum=1, remat=False,
-                fp32=False, dataset="mimic_cxr")
+                fp32=False, dataset="mimic_cxr", slices=1)
   c = base_config()
   c.model.dtype = "float32" if a.fp32 else "bfloat16"
   c.model.param_dtype = "float32"
@@ -347,6 +354,7 @@ def pod_config(arg, *, fsdp: int, num_workers: int, eval_batch_size: int):
   c.train.grad_accum_steps = a.accum
   c.train.num_steps = a.steps
   c.mesh.shape = (-1, a.fsdp, a.tensor)
+  c.mesh.dcn_shape = (a.slices, 1, 1) if a.slices > 1 else ()
   c.sharding_rules = DEFAULT_SHARDING_RULES   # embed->fsdp, mlp/heads/vocab->tensor
   c.eval.batch_size = eval_batch_size
   return c
