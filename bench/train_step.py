@@ -76,6 +76,9 @@ def parse_args(argv=None):
   p.add_argument("--src", default="",
                  help="import ssacl_jax from this folder instead of the checkout (before/after "
                       "comparisons against a copy of the package)")
+  p.add_argument("--cache_workdir", default="",
+                 help="use the trainer's persistent compilation cache as a run in this workdir "
+                      "would (config train.compilation_cache_dir; 'auto': beside it)")
   p.add_argument("--json", default="")
   return p.parse_args(argv)
 
@@ -107,7 +110,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from ssacl_jax import anatomy, flops, hardware, sharding, train  # noqa: E402
+from ssacl_jax import anatomy, flops, hardware, perf, sharding, train  # noqa: E402
 from ssacl_jax.models import ssacl  # noqa: E402
 
 
@@ -219,7 +222,7 @@ def trainer_options(a) -> dict | None:
   return train.compiler_options()
 
 
-def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine):
+def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine, cache_dir=None):
   """Compile from ShapeDtypeStructs; report compile time, memory and FLOPs."""
   setup = train.setup_state(config, model, mesh, (ids_np, mask_np))
   batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
@@ -249,6 +252,7 @@ def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine):
       "devices": mesh.size, "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "compiler_options": trainer_options(a), "machine": machine,
       "lower_s": round(t1 - t0, 2), "compile_s": round(t2 - t1, 2),
+      "compilation_cache_dir": cache_dir,
       "compiled_memory": memory_figures(compiled),
       "xla_flops_per_step": cost.get("flops"), "hand_flops_per_step": hand["step"],
       "xla_over_hand": round(cost["flops"] / hand["step"], 4) if cost.get("flops") else None,
@@ -265,6 +269,8 @@ def main():
   if a.batch:
     config.train.global_batch_size = a.batch
   batch_size = config.train.global_batch_size
+  cache_dir = perf.compilation_cache_dir(config, a.cache_workdir) if a.cache_workdir else None
+  perf.use_compilation_cache(cache_dir)
   n_dev = a.devices
   config.mesh.shape = (tuple(int(x) for x in a.mesh.split(",")) if a.mesh
                        else (n_dev, 1, 1))
@@ -275,7 +281,7 @@ def main():
   model = ssacl.build_model(config.model)
   batch_np, ids_np, mask_np = random_inputs(config, batch_size)
   if a.compile_only:
-    return compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine)
+    return compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine, cache_dir)
   t0 = time.perf_counter()
   setup = train.setup_state(config, model, mesh, (ids_np, mask_np))
   state = setup.init_fn(jax.random.key(config.train.seed))

@@ -301,9 +301,13 @@ class PreemptionFlag:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
-  def should_stop(self) -> bool:
+  def should_stop(self, sync_point: bool = True) -> bool:
+    """Whether any process got SIGTERM. Across processes that takes an all-gather, which
+    waits for the device, so it is asked only at sync points (log, eval, checkpoint steps)."""
     if jax.process_count() == 1:
       return self.raised
+    if not sync_point:
+      return False
     from jax.experimental import multihost_utils
     return bool(np.any(multihost_utils.process_allgather(np.array(self.raised))))
 
@@ -429,10 +433,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         with goodput.timing("train_steps"), profiler.annotate(step):
           state, metrics, record = compiled_step(state, batch, *task.consts, base_key, record)
         profiler.after_step(step, state)
-        stop = preempted.should_stop() or step == t.stop_at_step
         logs = step % t.log_every_steps == 0 or step == t.num_steps
         evals = t.eval_every_steps and (step % t.eval_every_steps == 0 or step == t.num_steps)
-        saves = step % t.checkpoint_every_steps == 0 or step == t.num_steps or stop
+        saves = step % t.checkpoint_every_steps == 0 or step == t.num_steps
+        stop = step == t.stop_at_step or preempted.should_stop(sync_point=logs or evals or saves)
+        saves = saves or stop
         if not (logs or evals or saves):
           continue
         with goodput.timing("train_steps"):  # the host waits for the dispatched steps here
