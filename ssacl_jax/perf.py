@@ -18,7 +18,7 @@ import jax
 from ssacl_jax import hardware
 
 GOODPUT_PARTS = ("initialization", "restore", "compilation", "data_wait", "train_steps",
-                 "evaluation", "checkpointing")
+                 "evaluation", "checkpointing", "profiling")
 
 
 class Goodput:

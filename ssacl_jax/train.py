@@ -432,7 +432,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         profiler.before_step(step)
         with goodput.timing("train_steps"), profiler.annotate(step):
           state, metrics, record = compiled_step(state, batch, *task.consts, base_key, record)
-        profiler.after_step(step, state)
+        with goodput.timing("profiling"):
+          profiler.after_step(step, state)
         logs = step % t.log_every_steps == 0 or step == t.num_steps
         evals = t.eval_every_steps and (step % t.eval_every_steps == 0 or step == t.num_steps)
         saves = step % t.checkpoint_every_steps == 0 or step == t.num_steps
