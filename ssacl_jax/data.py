@@ -162,14 +162,18 @@ class DevicePrefetcher:
   batch it did not train on. `position()` is that record, for Checkpointer.save.
   """
 
-  def __init__(self, data, depth: int = 1):
+  def __init__(self, data, depth: int = 1, threaded: bool | None = None):
     self._iterator = data.train_iterator
     self._make_batch = data.next_train_batch
     self._state = self._iterator.get_state()
     self._queue = queue.Queue(maxsize=max(int(depth), 1))
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._produce, name="batch-prefetch", daemon=True)
-    self._thread.start()
+    # Several processes: batches are made on the loop's thread (no read-ahead). A 2-process
+    # CPU (gloo) run hit a collective mismatch on resume with the producer thread.
+    self.threaded = jax.process_count() == 1 if threaded is None else threaded
+    if self.threaded:
+      self._thread.start()
 
   def _produce(self):
     try:
@@ -187,6 +191,10 @@ class DevicePrefetcher:
         continue
 
   def next(self) -> dict:
+    if not self.threaded:
+      batch = self._make_batch()
+      self._state = self._iterator.get_state()
+      return batch
     batch, state = self._queue.get()
     if isinstance(batch, BaseException):
       raise batch
