@@ -171,3 +171,11 @@ def test_hybrid_mesh_refuses_a_slice_count_the_devices_lack():
     sharding.make_mesh(mesh_config((-1, 1, 1), (2, 1, 1)), devices)
   with pytest.raises(ValueError, match="differ in length"):
     sharding.make_mesh(mesh_config((-1, 1, 1), (2, 1)), devices)
+
+
+def test_prefetcher_without_a_thread_reads_no_batch_ahead():
+  data = CountingData()
+  batches = data_lib.DevicePrefetcher(data, depth=2, threaded=False)
+  assert [batches.next() for _ in range(3)] == [0, 1, 2] and data.taken == 3
+  assert json.loads(batches.position().get_state()) == {"taken": 3}
+  batches.close()
