@@ -141,6 +141,10 @@ def use_compilation_cache(path: str | None) -> None:
   process) is kept."""
   if not path:
     return
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    # A 2-process CPU (gloo) run resumed with a cache hit died on a collective mismatch.
+    logging.info("no persistent compilation cache for multi-process CPU runs")
+    return
   current = jax.config.jax_compilation_cache_dir
   if current:
     if current != path:
