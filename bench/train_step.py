@@ -77,6 +77,9 @@ def parse_args(argv=None):
   p.add_argument("--src", default="",
                  help="import ssacl_jax from this folder instead of the checkout (before/after "
                       "comparisons against a copy of the package)")
+  p.add_argument("--cache_workdir", default="",
+                 help="use the trainer's persistent compilation cache as a run in this workdir "
+                      "would (config train.compilation_cache_dir; 'auto': beside it)")
   p.add_argument("--json", default="")
   return p.parse_args(argv)
 
@@ -108,115 +111,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from ssacl_jax import anatomy, hardware, sharding, train  # noqa: E402
+from ssacl_jax import anatomy, flops, hardware, perf, sharding, train  # noqa: E402
 from ssacl_jax.models import ssacl  # noqa: E402
-
-
-# ----------------------------------------------------------------------------- FLOPs by hand
-def block_flops(tokens: int, width: int, mlp: int) -> int:
-  """Matmul FLOPs of one transformer block on one sequence (forward).
-
-  q, k, v, out projections 4 x 2TD^2; MLP 2 x 2TDM; scores QK^T 2T^2D; weights x V 2T^2D.
-  """
-  t, d, m = tokens, width, mlp
-  return 8 * t * d * d + 4 * t * d * m + 4 * t * t * d
-
-
-def stack_flops(n_seqs: int, tokens: int, cfg) -> int:
-  return n_seqs * cfg.depth * block_flops(tokens, cfg.width, cfg.mlp_dim)
-
-
-def hand_flops(config, batch: int, *, release: bool = False, release_prompt_frac: float = 0.5,
-               release_dead_mlm: bool = False) -> dict:
-  """Matmul FLOPs of one SS-ACL training step, counted from the shapes.
-
-  Forward pieces (per step, B = batch), in FLOPs (2 per multiply-add):
-    encoder: 3 passes (MAE 1 + n_keep tokens; unmasked with G graph queries G + 1 + N;
-      masked with graph queries G + 1 + n_keep) + 3 patch embeddings of N patches
-      (a 4th pass K + 1 + N when model.share_unmasked_pass is False);
-    image decoder: MAE on 1 + N tokens (embed on 1 + n_keep, head on 1 + N); L_ar on
-      P = 7 sequences of 1 + MAX_CHILDREN tokens and 7 of 1 token (head on token 0);
-    text encoder: B reports x text_len tokens + K leaf names x anatomy_len, pooler,
-      the leaf-query and image->text projections;
-    report decoder: the K + 1 + N prefix projection, GPT-2 blocks on
-      K + 1 + N + decoder_len tokens, logits on decoder_len x vocab;
-    losses: the [B, B, K, K] consistency similarities and the [B, B] contrast.
-  The step is counted as 3x the forward (backward = 2x forward), the usual convention,
-  except for work no gradient reaches (the stop-gradient parent branch of L_ar), counted
-  once; elementwise work (softmax, norms, GELU, AdamW) is not counted.
-
-  release=True counts the official code's shapes instead (what the PyTorch peer runs): 4
-  encoder passes, anatomy names padded to 100 tokens, the GPT-2 sequence K + 1 + N +
-  100 report tokens (+ a 15-token prompt with probability release_prompt_frac) with
-  logits on every position, the unmasked graph-query pass forward only (it feeds only the
-  detached parent branch), and optionally the dead MLM head (30000 words) on every
-  text-encoder call (forward only). This reproduces the peer's stated 2,611 GFLOP at
-  batch 4 (with the MLM head) within 1%.
-  """
-  m, d = config.model, config.data
-  b = batch
-  n = (m.image_size // m.patch) ** 2
-  n_keep = int(n * (1 - m.mask_ratio))
-  patch_dim = m.patch * m.patch * m.channels
-  g, k, p = anatomy.NUM_NODES, anatomy.NUM_LEAVES, anatomy.NUM_PARENTS
-  e, dec, txt, rep = m.encoder, m.image_decoder, m.text, m.report
-  out = {}
-
-  # Image encoder.
-  passes = [1 + n_keep, g + 1 + n, g + 1 + n_keep]
-  if release or not m.share_unmasked_pass:
-    passes.append(k + 1 + n)
-  out["encoder"] = (len(passes) * b * 2 * n * patch_dim * e.width
-                    + sum(stack_flops(b, t, e) for t in passes))
-  # Work no gradient flows through (forward only): the parent branch of L_ar, and in the
-  # release the whole unmasked graph-query pass, which feeds only that detached branch.
-  no_grad = 0
-  if release:
-    no_grad += b * 2 * n * patch_dim * e.width + stack_flops(b, g + 1 + n, e)
-
-  # Image decoder: MAE reconstruction and anatomy reconstruction (token 0 only at the head).
-  mae = (b * 2 * (1 + n_keep) * e.width * dec.width + stack_flops(b, 1 + n, dec)
-         + b * 2 * (1 + n) * dec.width * patch_dim)
-  seq = 1 + anatomy.MAX_CHILDREN
-  ar = (b * p * 2 * seq * e.width * dec.width + stack_flops(b * p, seq, dec)
-        + b * p * 2 * dec.width * patch_dim)
-  parent = b * p * 2 * e.width * dec.width + stack_flops(b * p, 1, dec) + b * p * 2 * dec.width * patch_dim
-  no_grad += parent
-  out["image_decoder"] = mae + ar + parent
-
-  # Text encoder (+ projections around it).
-  anat_len = 100 if release else d.anatomy_len
-  text = stack_flops(b, d.text_len, txt) + stack_flops(k, anat_len, txt)
-  text += (b + k) * 2 * txt.width * txt.width                   # pooler
-  text += k * 2 * txt.width * e.width + b * 2 * e.width * txt.width
-  out["text_encoder"] = text
-  dead_mlm = 0
-  if release and release_dead_mlm:
-    tokens = b * d.text_len + k * anat_len
-    dead_mlm = tokens * (2 * txt.width * txt.width + 2 * txt.width * txt.vocab_size)
-
-  # Report decoder.
-  prefix = k + 1 + n
-  if release:
-    report_tokens = 100
-    lens = [(prefix + report_tokens + 15, release_prompt_frac),
-            (prefix + report_tokens, 1 - release_prompt_frac)]
-    lm = sum(w * (stack_flops(b, t, rep) + b * 2 * t * rep.width * rep.vocab_size)
-             for t, w in lens)
-  else:
-    t = prefix + d.decoder_len
-    lm = stack_flops(b, t, rep) + b * 2 * d.decoder_len * rep.width * rep.vocab_size
-  out["report_decoder"] = int(b * 2 * prefix * e.width * rep.width + lm)
-
-  out["losses"] = 2 * b * b * k * k * e.width + 2 * b * b * txt.width
-  forward = sum(out.values())
-  result = {f"{name}_fwd": v for name, v in out.items()}
-  result["forward"] = forward
-  result["no_grad_fwd"] = no_grad
-  result["step"] = 3 * forward - 2 * no_grad + dead_mlm
-  if dead_mlm:
-    result["dead_mlm_fwd"] = dead_mlm
-  return result
 
 
 # ----------------------------------------------------------------------------- peak
@@ -238,10 +134,10 @@ def measured_matmul_peak(n: int = 2048, reps: int = 10) -> dict:
   wall = time.perf_counter() - w0
   s1 = benchlib.cpu_snapshot()
   med = statistics.median(times)
-  flops = 2 * n ** 3
-  return {"flops_per_s": flops / med, "source": f"measured {n}^3 f32 matmul, median of {reps}",
-          "best_flops_per_s": flops / min(times),
-          "flops_per_cpu_s": flops * reps / max(s1[1] - s0[1], 1e-9),
+  matmul_flops = 2 * n ** 3
+  return {"flops_per_s": matmul_flops / med, "source": f"measured {n}^3 f32 matmul, median of {reps}",
+          "best_flops_per_s": matmul_flops / min(times),
+          "flops_per_cpu_s": matmul_flops * reps / max(s1[1] - s0[1], 1e-9),
           "cpu_util": round((s1[1] - s0[1]) / wall, 3),
           "other_cores": round(benchlib.other_cores(s0, s1, wall), 3)}
 
@@ -327,7 +223,7 @@ def trainer_options(a) -> dict | None:
   return train.compiler_options()
 
 
-def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine):
+def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine, cache_dir=None):
   """Compile from ShapeDtypeStructs; report compile time, memory and FLOPs."""
   setup = train.setup_state(config, model, mesh, (ids_np, mask_np))
   batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
@@ -349,7 +245,7 @@ def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine):
   if a.dump_hlo:
     pathlib.Path(a.dump_hlo).write_text(compiled.as_text())
   cost = cost_figures(compiled)
-  hand = hand_flops(config, config.train.global_batch_size)
+  hand = flops.hand_flops(config, config.train.global_batch_size)
   report = {
       "bench": "train_step_compile_only", "config": a.config, "overrides": a.set,
       "batch": config.train.global_batch_size, "dtype": config.model.dtype,
@@ -357,6 +253,7 @@ def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine):
       "devices": mesh.size, "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "compiler_options": trainer_options(a), "machine": machine,
       "lower_s": round(t1 - t0, 2), "compile_s": round(t2 - t1, 2),
+      "compilation_cache_dir": cache_dir,
       "compiled_memory": memory_figures(compiled),
       "xla_flops_per_step": cost.get("flops"), "hand_flops_per_step": hand["step"],
       "xla_over_hand": round(cost["flops"] / hand["step"], 4) if cost.get("flops") else None,
@@ -374,6 +271,8 @@ def main():
   if a.batch:
     config.train.global_batch_size = a.batch
   batch_size = config.train.global_batch_size
+  cache_dir = perf.compilation_cache_dir(config, a.cache_workdir) if a.cache_workdir else None
+  perf.use_compilation_cache(cache_dir)
   n_dev = a.devices
   config.mesh.shape = (tuple(int(x) for x in a.mesh.split(",")) if a.mesh
                        else (n_dev, 1, 1))
@@ -384,7 +283,7 @@ def main():
   model = ssacl.build_model(config.model)
   batch_np, ids_np, mask_np = random_inputs(config, batch_size)
   if a.compile_only:
-    return compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine)
+    return compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine, cache_dir)
   t0 = time.perf_counter()
   setup = train.setup_state(config, model, mesh, (ids_np, mask_np))
   state = setup.init_fn(jax.random.key(config.train.seed))
@@ -478,7 +377,7 @@ def main():
   med = statistics.median(r["total_s"] for r in timed)
   med_clean = statistics.median(clean) if clean else None
   step_s = med_clean or med
-  hand = hand_flops(config, batch_size)
+  hand = flops.hand_flops(config, batch_size)
   xla_flops = cost.get("flops") if cost else None
   if xla_flops is not None and len(devices) > 1:
     xla_flops *= len(devices)   # cost_analysis is per device (SPMD program)
@@ -514,7 +413,7 @@ def main():
       "xla_transcendentals": cost.get("transcendentals"),
       "hand_flops_per_step": hand["step"],
       "hand_flops_breakdown_fwd": {k: v for k, v in hand.items() if k.endswith("_fwd")},
-      "release_hand_flops_per_step": hand_flops(config, batch_size, release=True)["step"],
+      "release_hand_flops_per_step": flops.hand_flops(config, batch_size, release=True)["step"],
       "xla_over_hand": None if not xla_flops else round(xla_flops / hand["step"], 4),
       "peak": {**peak, "flops_per_s_all_devices": peak_total},
       "mfu_hand": round(hand["step"] / step_s / peak_total, 4),

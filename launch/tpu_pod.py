@@ -11,6 +11,13 @@ worker) | run (start training on all workers at once, in the background, logging
 | logs (follow worker 0's log until training ends) | stop | delete | all (create, setup,
 run, logs, then delete unless --keep). `--dry-run` prints the exact commands instead of
 running them, one per line.
+
+Multi-slice (`--num-slices N`): N slices NAME-0 .. NAME-{N-1} of the accelerator type,
+joined over the data-centre network. Every worker of slice i runs with
+MEGASCALE_COORDINATOR_ADDRESS (slice 0's worker 0, which JAX also uses as its
+coordinator), MEGASCALE_NUM_SLICES=N, MEGASCALE_SLICE_ID=i and MEGASCALE_PORT; the config
+spreads its data axis over the slices (`configs/tpu_v5e_256.py:slices=2,batch=512`, i.e.
+config.mesh.dcn_shape = (2, 1, 1)).
 """
 from __future__ import annotations
 
@@ -36,6 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="TPU software version: v2-alpha-tpuv5-lite (v5e), v2-alpha-tpuv5 (v5p), "
                       "tpu-ubuntu2204-base (v4)")
   p.add_argument("--spot", action="store_true", help="create a Spot slice")
+  p.add_argument("--num-slices", type=int, default=1,
+                 help="slices joined over DCN (multi-slice); > 1 names them NAME-0, NAME-1, ...")
+  p.add_argument("--coordinator-address", default="",
+                 help="multi-slice: slice 0's worker 0 (default: its internal IP, looked up "
+                      "with gcloud on each worker)")
+  p.add_argument("--megascale-port", type=int, default=8080)
   src = p.add_mutually_exclusive_group()
   src.add_argument("--repo-url", help="git URL to clone on every worker")
   src.add_argument("--tarball", action="store_true",
@@ -64,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.error(f"{args.command} needs --workdir")
   if args.data and not args.data.startswith("gs://"):
     p.error("--data must be a gs:// path")
+  if args.num_slices < 1:
+    p.error("--num-slices must be at least 1")
   return args
 
 
@@ -73,14 +88,25 @@ def _tpu(args, verb: str, *rest: str) -> list[str]:
   return cmd + ([f"--project={args.project}"] if args.project else [])
 
 
-def ssh(args, worker: str, remote: str) -> list[str]:
-  return _tpu(args, "ssh", args.name, f"--worker={worker}", f"--command={remote}")
+def slice_names(args) -> list[str]:
+  """The TPU VMs: NAME for one slice, NAME-0 .. NAME-{N-1} for N."""
+  if args.num_slices == 1:
+    return [args.name]
+  return [f"{args.name}-{i}" for i in range(args.num_slices)]
+
+
+def ssh(args, worker: str, remote: str, name: str | None = None) -> list[str]:
+  return _tpu(args, "ssh", name or args.name, f"--worker={worker}", f"--command={remote}")
+
+
+def ssh_all_slices(args, remote: str) -> list[list[str]]:
+  return [ssh(args, "all", remote, name) for name in slice_names(args)]
 
 
 def create_cmds(args) -> list[list[str]]:
-  cmd = _tpu(args, "create", args.name, f"--accelerator-type={args.accelerator_type}",
-             f"--version={args.version}")
-  return [cmd + (["--spot"] if args.spot else [])]
+  return [_tpu(args, "create", name, f"--accelerator-type={args.accelerator_type}",
+               f"--version={args.version}") + (["--spot"] if args.spot else [])
+          for name in slice_names(args)]
 
 
 def install_cmds(args) -> list[list[str]]:
@@ -91,13 +117,16 @@ def install_cmds(args) -> list[list[str]]:
     return [
         ["git", "-C", args.local_repo, "archive", "--format=tar.gz", f"--output={local}",
          "HEAD"],
-        _tpu(args, "scp", local, f"{args.name}:~/{TARBALL}", "--worker=all"),
-        ssh(args, "all", f"rm -rf {REMOTE_REPO} && mkdir -p {REMOTE_REPO} && "
-                         f"tar -xzf ~/{TARBALL} -C {REMOTE_REPO} && cd {REMOTE_REPO} && {pip}"),
+        *[_tpu(args, "scp", local, f"{name}:~/{TARBALL}", "--worker=all")
+          for name in slice_names(args)],
+        *ssh_all_slices(args, f"rm -rf {REMOTE_REPO} && mkdir -p {REMOTE_REPO} && "
+                              f"tar -xzf ~/{TARBALL} -C {REMOTE_REPO} && cd {REMOTE_REPO} && "
+                              f"{pip}"),
     ]
   checkout = f" && git checkout -q {shlex.quote(args.ref)}" if args.ref else ""
-  return [ssh(args, "all", f"rm -rf {REMOTE_REPO} && git clone -q {shlex.quote(args.repo_url)} "
-                           f"{REMOTE_REPO} && cd {REMOTE_REPO}{checkout} && {pip}")]
+  return ssh_all_slices(args, f"rm -rf {REMOTE_REPO} && git clone -q "
+                              f"{shlex.quote(args.repo_url)} {REMOTE_REPO} && cd {REMOTE_REPO}"
+                              f"{checkout} && {pip}")
 
 
 def data_cmds(args) -> list[list[str]]:
@@ -106,12 +135,13 @@ def data_cmds(args) -> list[list[str]]:
     return []
   d = shlex.quote(args.data_dir)
   if args.data_mode == "rsync":
-    return [ssh(args, "all", f"mkdir -p {d} && gsutil -m -q rsync -r {shlex.quote(args.data)} {d}")]
+    return ssh_all_slices(args, f"mkdir -p {d} && gsutil -m -q rsync -r "
+                                f"{shlex.quote(args.data)} {d}")
   bucket, _, prefix = args.data[len("gs://"):].partition("/")
   only = f"--only-dir={shlex.quote(prefix)} " if prefix else ""
-  return [ssh(args, "all", f"sudo mkdir -p {d} && sudo chown $USER {d} && "
-                           f"(mountpoint -q {d} || gcsfuse -o ro --implicit-dirs {only}"
-                           f"{shlex.quote(bucket)} {d})")]
+  return ssh_all_slices(args, f"sudo mkdir -p {d} && sudo chown $USER {d} && "
+                              f"(mountpoint -q {d} || gcsfuse -o ro --implicit-dirs {only}"
+                              f"{shlex.quote(bucket)} {d})")
 
 
 def train_command(args) -> str:
@@ -123,24 +153,43 @@ def train_command(args) -> str:
   return shlex.join(parts + list(args.overrides))
 
 
+def slice_environment(args, slice_id: int) -> dict[str, str]:
+  """Multi-slice: what JAX and libtpu read on every worker of slice `slice_id` to join the
+  slices over DCN (slice 0's worker 0 coordinates); nothing for one slice."""
+  if args.num_slices == 1:
+    return {}
+  coordinator = args.coordinator_address or (
+      "$(" + shlex.join(_tpu(args, "describe", slice_names(args)[0],
+                             "--format=value(networkEndpoints[0].ipAddress)")) + ")")
+  return {"MEGASCALE_COORDINATOR_ADDRESS": f"{coordinator}:{args.megascale_port}",
+          "MEGASCALE_NUM_SLICES": str(args.num_slices), "MEGASCALE_SLICE_ID": str(slice_id),
+          "MEGASCALE_PORT": str(args.megascale_port)}
+
+
 def run_cmds(args) -> list[list[str]]:
-  """Start training on all workers at once, detached (nohup), its pid in LOG.pid."""
-  remote = (f"cd {REMOTE_REPO} && SSACL_DISTRIBUTED=1 nohup {train_command(args)} "
-            f"> {args.log} 2>&1 < /dev/null & echo $! > {args.log}.pid")
-  return [ssh(args, "all", remote)]
+  """Start training on all workers of every slice at once, detached (nohup), its pid in
+  LOG.pid; each slice with its slice_environment."""
+  cmds = []
+  for i, name in enumerate(slice_names(args)):
+    env = " ".join(f"{k}={v}" for k, v in slice_environment(args, i).items())
+    remote = (f"cd {REMOTE_REPO} && {env + ' ' if env else ''}SSACL_DISTRIBUTED=1 nohup "
+              f"{train_command(args)} > {args.log} 2>&1 < /dev/null & echo $! > {args.log}.pid")
+    cmds.append(ssh(args, "all", remote, name))
+  return cmds
 
 
 def logs_cmds(args) -> list[list[str]]:
-  """Follow worker 0's log from the start until its training process exits."""
-  return [ssh(args, "0", f"tail -n +1 --pid=$(cat {args.log}.pid) -f {args.log}")]
+  """Follow (slice 0's) worker 0's log from the start until its training process exits."""
+  return [ssh(args, "0", f"tail -n +1 --pid=$(cat {args.log}.pid) -f {args.log}",
+              slice_names(args)[0])]
 
 
 def stop_cmds(args) -> list[list[str]]:
-  return [ssh(args, "all", f"kill $(cat {args.log}.pid) 2>/dev/null || true")]
+  return ssh_all_slices(args, f"kill $(cat {args.log}.pid) 2>/dev/null || true")
 
 
 def delete_cmds(args) -> list[list[str]]:
-  return [_tpu(args, "delete", args.name, "--quiet")]
+  return [_tpu(args, "delete", name, "--quiet") for name in slice_names(args)]
 
 
 def plan(args) -> list[list[str]]:
@@ -174,7 +223,7 @@ def main(argv=None, runner=subprocess.run) -> int:
     code = execute(plan(args), args.dry_run, runner)
   except KeyboardInterrupt:
     print(f"\ninterrupted; the slice is left as it is (training goes on if it started). "
-          f"Delete it with: {shlex.join(delete_cmds(args)[0])}", file=sys.stderr)
+          f"Delete it with: {'; '.join(map(shlex.join, delete_cmds(args)))}", file=sys.stderr)
     return 130
   if args.command == "all" and not args.keep:
     code = execute(delete_cmds(args), args.dry_run, runner) or code

@@ -121,8 +121,9 @@ def quiet_libtpu(target: Target) -> None:
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{target.kind}-{target.num_devices}")
 
 
-def target_devices(target: Target) -> list:
-  """The target's devices: compile-only TPU/GPU devices, or real host CPU devices."""
+def target_devices(target: Target, num_slices: int = 1) -> list:
+  """The target's devices: compile-only TPU/GPU devices, or real host CPU devices.
+  num_slices > 1: that many copies of a TPU slice, joined over DCN (multi-slice)."""
   if target.platform == "cpu":
     devices = jax.devices("cpu")
     if len(devices) < target.num_devices:
@@ -136,6 +137,8 @@ def target_devices(target: Target) -> list:
       raise RuntimeError("TPU targets need libtpu: pip install 'jax[tpu]==0.10.2' "
                          "(the project's `tpu` extra)")
     kwargs = {"chip_config_name": "megacore"} if target.kind in MEGACORE else {}
+    if num_slices > 1:
+      kwargs["num_slices"] = num_slices
     return list(topologies.get_topology_desc(topology_name=f"{target.kind}:{target.shape}",
                                              platform="tpu", **kwargs).devices)
   try:
@@ -148,7 +151,10 @@ def target_devices(target: Target) -> list:
 
 
 def make_mesh(config, devices):
-  """config.mesh over `devices` (topology-aware order, Auto axes like sharding.make_mesh)."""
+  """config.mesh over `devices` (topology-aware order, Auto axes like sharding.make_mesh);
+  with config.mesh.dcn_shape, the multi-slice mesh of sharding.hybrid_mesh."""
+  if tuple(config.mesh.get("dcn_shape", ()) or ()):
+    return sharding.hybrid_mesh(config, devices)
   shape = sharding.resolve_mesh_shape(config.mesh.shape, len(devices))
   axes = tuple(config.mesh.axes)
   return jax.make_mesh(shape, axes, axis_types=(jax.sharding.AxisType.Auto,) * len(axes),
@@ -391,6 +397,7 @@ def run_aot(config, target: Target, what: str = "train", memory_limit: int | Non
       "target": target.name, "platform": target.platform,
       "device_kind": devices[0].device_kind, "num_devices": len(devices),
       "mesh": dict(mesh.shape), "global_batch": config.train.global_batch_size,
+      "num_slices": len({getattr(d, "slice_index", 0) for d in devices}),
       "grad_accum_steps": config.train.grad_accum_steps,
       "compute_dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
       "remat": bool(config.model.remat), "memory_limit_bytes": memory_limit,
@@ -518,6 +525,8 @@ def define_flags() -> None:
                      "hardware.py's; needed for CPU).")
   flags.DEFINE_float("interconnect_bytes_per_s", 0.0, "Roofline: bidirectional interconnect "
                      "bandwidth per chip (0: hardware.py's).")
+  flags.DEFINE_integer("num_slices", 1, "TPU slices joined over DCN (multi-slice); the data "
+                       "axis spans them unless --config.mesh.dcn_shape says otherwise.")
   flags.mark_flags_as_required(["config", "topology"])
 
 
@@ -534,9 +543,11 @@ def main(argv):
   if target.platform == "tpu":
     quiet_libtpu(target)
   config = f.config
+  if f.num_slices > 1 and not tuple(config.mesh.dcn_shape):
+    config.mesh.dcn_shape = (f.num_slices,) + (1,) * (len(config.mesh.axes) - 1)
   config_lib.validate(config)
   try:
-    devices = target_devices(target)
+    devices = target_devices(target, f.num_slices)
   except (RuntimeError, ValueError) as e:   # libtpu / GPU plugin / target config missing
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2)

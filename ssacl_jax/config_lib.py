@@ -111,6 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.shuffle_seed = 0
   d.num_workers = 0
   d.prefetch_buffer = 2
+  d.device_prefetch = 1        # batches put on the devices ahead of the running step
   # The report decoder's tokenizer follows its weights: init.gpt2's BPE, else SentencePiece.
   d.text_tokenizer = ""        # e.g. the release's WordPiece JSON (mimic_wordpiece.json)
   # Data choices of builders that have them (MIMIC-CXR); each choice is its own prepared set.
@@ -127,6 +128,9 @@ def base_config() -> ml_collections.ConfigDict:
   t.eval_every_steps = 5000
   t.seed = 0
   t.stop_at_step = 0           # >0: checkpoint and stop there (the schedule still spans num_steps)
+  t.profile_steps = (0, 0)     # (start, stop): jax.profiler trace of those steps -> WORKDIR/profile
+  t.peak_flops_per_device = 0.0  # for MFU; 0: ssacl_jax/hardware.py's table (none on CPU)
+  t.compilation_cache_dir = "auto"  # 'auto': WORKDIR/../compilation_cache; '': none
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 2.5e-4
@@ -147,6 +151,7 @@ def base_config() -> ml_collections.ConfigDict:
   # fsdp-sharded weights are all-gathered (in the compute dtype) once per step, not at
   # each use (3 encoder passes, forward and backward): bench/RESULTS.md "Collectives".
   c.mesh.gather_weights_once = True
+  c.mesh.dcn_shape = ()        # multi-slice: slices per axis, e.g. (2, 1, 1); () = one slice
   c.sharding_rules = DEFAULT_SHARDING_RULES
 
   c.checkpoint = ck = ml_collections.ConfigDict()
@@ -419,10 +424,12 @@ def check_overrides(argv, flag: str = "config") -> None:
 def pod_config(arg, *, fsdp: int, num_workers: int, eval_batch_size: int):
   """The paper model on an accelerator slice: bf16 compute, float32 parameters, a
   (data, fsdp, tensor) mesh. Variants: batch, steps (0: the 51 epochs), fsdp, tensor,
-  accum, remat, fp32, dataset (`configs/tpu_v5e_256.py:batch=1024,remat`), from_scratch (no
-  pretrained GPT-2 / MAE; otherwise training needs init.gpt2 and init.mae)."""
+  accum, remat, fp32, dataset, slices (`configs/tpu_v5e_256.py:batch=1024,remat`),
+  from_scratch (no pretrained GPT-2 / MAE; otherwise training needs init.gpt2 and init.mae).
+  slices=N: N such slices joined over DCN, the data axis across them (mesh.dcn_shape
+  (N, 1, 1)); the batch is the global one over all slices."""
   a = parse_arg(arg, batch=256, steps=0, fsdp=fsdp, tensor=1, accum=1, remat=False,
-                fp32=False, dataset="mimic_cxr", from_scratch=False)
+                fp32=False, dataset="mimic_cxr", from_scratch=False, slices=1)
   c = base_config()
   c.init.required = "" if a.from_scratch else PAPER_PRETRAINED
   c.model.dtype = "float32" if a.fp32 else "bfloat16"
@@ -434,6 +441,7 @@ def pod_config(arg, *, fsdp: int, num_workers: int, eval_batch_size: int):
   c.train.grad_accum_steps = a.accum
   c.train.num_steps = a.steps
   c.mesh.shape = (-1, a.fsdp, a.tensor)
+  c.mesh.dcn_shape = (a.slices, 1, 1) if a.slices > 1 else ()
   c.sharding_rules = DEFAULT_SHARDING_RULES   # embed->fsdp, mlp/heads/vocab->tensor
   c.eval.batch_size = eval_batch_size
   return c

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import pathlib
+import queue
 import shutil
+import threading
 
 import jax
 import numpy as np
@@ -215,6 +217,77 @@ class TrainingData:
       yielded = True
       yield pipeline.make_global_batch({k: local[k] for k in pipeline.TRAIN_KEYS},
                                        self.mesh, self.batch_spec)
+
+
+class DevicePrefetcher:
+  """The next `depth` training batches, produced and put on the devices (in the batch
+  sharding) by a background thread while the current step runs.
+
+  The checkpoint records the iterator's position after the last batch handed out, not
+  after the batches still waiting in the queue, so a resumed run starts with the first
+  batch it did not train on. `position()` is that record, for Checkpointer.save.
+  """
+
+  def __init__(self, data, depth: int = 1, threaded: bool | None = None):
+    self._iterator = data.train_iterator
+    self._make_batch = data.next_train_batch
+    self._state = self._iterator.get_state()
+    self._queue = queue.Queue(maxsize=max(int(depth), 1))
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._produce, name="batch-prefetch", daemon=True)
+    # Several processes: batches are made on the loop's thread (no read-ahead), until the
+    # producer thread is shown safe there (tests/test_multihost.py).
+    self.threaded = jax.process_count() == 1 if threaded is None else threaded
+    if self.threaded:
+      self._thread.start()
+
+  def _produce(self):
+    try:
+      while not self._stop.is_set():
+        self._put((self._make_batch(), self._iterator.get_state()))
+    except BaseException as e:  # handed to the training loop, which raises it
+      self._put((e, None))
+
+  def _put(self, item):
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return
+      except queue.Full:
+        continue
+
+  def next(self) -> dict:
+    if not self.threaded:
+      batch = self._make_batch()
+      self._state = self._iterator.get_state()
+      return batch
+    batch, state = self._queue.get()
+    if isinstance(batch, BaseException):
+      raise batch
+    self._state = state
+    return batch
+
+  def position(self) -> "IteratorPosition":
+    return IteratorPosition(self._state)
+
+  def close(self) -> None:
+    self._stop.set()
+    while self._thread.is_alive():
+      try:
+        self._queue.get(timeout=0.1)
+      except queue.Empty:
+        pass
+
+
+class IteratorPosition:
+  """A saved data-iterator state in the form Grain's checkpoint handler writes (get_state
+  returning bytes), so it is stored exactly like the iterator itself would be."""
+
+  def __init__(self, state):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return self.state if isinstance(self.state, bytes) else json.dumps(self.state, indent=4).encode()
 
 
 class _Head:

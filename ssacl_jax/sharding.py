@@ -32,9 +32,13 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
 
 
 def make_mesh(config, devices=None) -> Mesh:
-  """The device mesh of config.mesh, with Auto axes (linen logical constraints need them)."""
+  """The device mesh of config.mesh, with Auto axes (linen logical constraints need them).
+
+  With config.mesh.dcn_shape, a multi-slice mesh (hybrid_mesh)."""
   devices = jax.devices() if devices is None else devices
   axes = tuple(config.mesh.axes)
+  if tuple(config.mesh.get("dcn_shape", ()) or ()):
+    return hybrid_mesh(config, devices)
   shape = resolve_mesh_shape(config.mesh.shape, len(devices))
   if len(shape) != len(axes):
     raise ValueError(f"config.mesh.shape {shape} and config.mesh.axes {axes} differ in length")
@@ -42,6 +46,28 @@ def make_mesh(config, devices=None) -> Mesh:
   if devices is jax.devices() or list(devices) == list(jax.devices()):
     return jax.make_mesh(shape, axes, axis_types=auto)
   return Mesh(np.asarray(devices).reshape(shape), axes, axis_types=auto)
+
+
+def hybrid_mesh(config, devices) -> Mesh:
+  """A mesh over several slices: config.mesh.shape inside each slice (ICI) times
+  config.mesh.dcn_shape across slices (DCN), axis by axis.
+
+  With dcn_shape (S, 1, 1) the data axis spans both: data = S x the slice's data size, and
+  a gradient's all-reduce over it runs over ICI inside each slice and over DCN between
+  slices (XLA splits it hierarchically). Devices name their slice by `slice_index`.
+  """
+  from jax.experimental import mesh_utils
+  axes = tuple(config.mesh.axes)
+  dcn = tuple(int(s) for s in config.mesh.dcn_shape)
+  if len(dcn) != len(axes):
+    raise ValueError(f"config.mesh.dcn_shape {dcn} and config.mesh.axes {axes} differ in length")
+  slices = sorted({getattr(d, "slice_index", 0) for d in devices})
+  if len(slices) != math.prod(dcn):
+    raise ValueError(f"config.mesh.dcn_shape {dcn} asks for {math.prod(dcn)} slices; the "
+                     f"{len(devices)} devices are on {len(slices)} (their slice_index)")
+  ici = resolve_mesh_shape(config.mesh.shape, len(devices) // len(slices))
+  grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  return Mesh(grid, axes, axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
 
 
 def rules(config) -> tuple[tuple[str, object], ...]:

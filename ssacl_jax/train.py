@@ -21,8 +21,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssacl_jax import (checkpointing, cli, config_lib, data as data_lib, layers, optim, pretrained,
-                       sharding)
+from ssacl_jax import (checkpointing, cli, config_lib, data as data_lib, flops, layers, optim,
+                       perf, pretrained, sharding)
 from ssacl_jax.metric_writers import MetricWriter
 from ssacl_jax.models import ssacl
 
@@ -275,17 +275,47 @@ def check_batch_fits_mesh(global_batch: int, accum: int, mesh) -> None:
         f"multiple of the {jax.process_count()} processes)")
 
 
-def check_finite(step: int, metrics, loss_terms=ssacl.LOSS_NAMES) -> None:
-  if bool(metrics["finite"]):
+def no_nonfinite_step(num_terms: int) -> dict:
+  """The device-side record of the first non-finite step, before any: step 0 = none."""
+  return {"step": jnp.zeros((), jnp.int32), "losses": jnp.zeros((num_terms,), jnp.float32),
+          "grad_norm": jnp.zeros((), jnp.float32)}
+
+
+def record_first_nonfinite(record: dict, step, metrics, loss_terms) -> dict:
+  """record, or this step's number and values when it is the first non-finite one."""
+  first = (record["step"] == 0) & ~metrics["finite"]
+  now = {"step": jnp.asarray(step, jnp.int32),
+         "losses": jnp.stack([metrics[f"loss_{k}"] for k in loss_terms]).astype(jnp.float32),
+         "grad_norm": metrics["grad_norm"].astype(jnp.float32)}
+  return jax.tree.map(lambda n, r: jnp.where(first, n, r), now, record)
+
+
+def with_nonfinite_record(train_step, loss_terms):
+  """train_step that also carries the first non-finite step's record, so the host reads it
+  only at log, eval and checkpoint steps instead of waiting for every step:
+  step(state, batch, *consts, base_key, record) -> (state, metrics, record)."""
+  def step(state, batch, *args):
+    *args, record = args
+    new, metrics = train_step(state, batch, *args)
+    return new, metrics, record_first_nonfinite(record, state["step"] + 1, metrics, loss_terms)
+  return step
+
+
+def check_finite(record, loss_terms=ssacl.LOSS_NAMES) -> None:
+  """Raise naming the first non-finite step and its terms (record from the host)."""
+  step = int(record["step"])
+  if not step:
     return
-  bad = [k for k in loss_terms if not np.isfinite(float(metrics[f"loss_{k}"]))]
-  if not np.isfinite(float(metrics["grad_norm"])):
+  losses = dict(zip(loss_terms, np.asarray(record["losses"]).tolist()))
+  bad = [k for k, v in losses.items() if not np.isfinite(v)]
+  if not np.isfinite(float(record["grad_norm"])):
     bad.append("gradient norm")
   raise NonFiniteLossError(
       f"non-finite {', '.join(bad) or 'value'} at step {step} (loss terms: "
-      + ", ".join(f"{k}={float(metrics[f'loss_{k}'])}" for k in loss_terms)
-      + "). The state was not updated and nothing was saved after the last good checkpoint; "
-      "lower the learning rate or enable clipping (--config.optim.clip_grad_norm=1.0).")
+      + ", ".join(f"{k}={v}" for k, v in losses.items())
+      + "). That step left the state as it was, and nothing newer than the last good "
+      "checkpoint was saved; lower the learning rate or enable clipping "
+      "(--config.optim.clip_grad_norm=1.0).")
 
 
 # ----------------------------------------------------------------------------- preemption
@@ -311,9 +341,13 @@ class PreemptionFlag:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
-  def should_stop(self) -> bool:
+  def should_stop(self, sync_point: bool = True) -> bool:
+    """Whether any process got SIGTERM. Across processes that takes an all-gather, which
+    waits for the device, so it is asked only at sync points (log, eval, checkpoint steps)."""
     if jax.process_count() == 1:
       return self.raised
+    if not sync_point:
+      return False
     from jax.experimental import multihost_utils
     return bool(np.any(multihost_utils.process_allgather(np.array(self.raised))))
 
@@ -346,32 +380,9 @@ def validation_generation(config, state, data, mesh, batch_sharding) -> dict:
   return {f"val_{k}": v for k, v in scores.items()}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Train config's task; resume from WORKDIR/checkpoints when present.
-
-  Returns the last logged metrics.
-  """
-  config_lib.check_required_init(config)
-  # Mesh.
-  mesh = sharding.make_mesh(config)
-  jax.set_mesh(mesh)
-  batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
-  t = config.train
-  check_batch_fits_mesh(t.global_batch_size, t.grad_accum_steps, mesh)
-
-  if jax.process_index() == 0:
-    config_lib.save_workdir_config(config, workdir)
-
-  # Input and model; the step counts follow from the train split's size.
-  task = make_task(config, mesh, batch_sharding, workdir)
-  data = task.data
-  config = optim.with_schedule(config, len(data.train_source))
-  t = config.train
-
-  # Sharded state.
-  setup = setup_state(config, task.model, mesh, task.consts, task.example_batch)
-  ckpt = checkpointing.Checkpointer(workdir, config)
-  state = setup.init_fn(jax.random.key(t.seed))
+def restore_or_initialise(config, ckpt, setup, state, data) -> dict:
+  """The state to start from: WORKDIR's latest checkpoint (and the data stream's position),
+  else config.init's pretrained weights for a fresh run, else `state` as initialised."""
   start = ckpt.latest_step()
   discarded = (f" (discarded incomplete checkpoint {', '.join(map(str, ckpt.discarded))})"
                if ckpt.discarded else "")
@@ -379,60 +390,141 @@ def train_and_evaluate(config, workdir: str) -> dict:
     cli.say(f"resuming from step {start} in {ckpt.directory}{discarded}")
     restored = ckpt.restore(start, setup.abstract_state, data.train_iterator)
     if set(restored) == {"params"}:  # partial restore: the rest stays freshly initialised
-      state = dict(state, params=checkpointing.merge_params(state["params"], restored["params"]))
-    else:
-      state = restored
-  elif pretrained.requested(config):  # a fresh run: start from config.init's weights
-    state = dict(state, params=pretrained.load_initial_params(
-        config, setup.abstract_state["params"], state["params"]))
-  if start is None and discarded:
+      return dict(state, params=checkpointing.merge_params(state["params"], restored["params"]))
+    return restored
+  if discarded:
     cli.say(f"starting from step 0{discarded}")
+  if pretrained.requested(config):  # a fresh run: start from config.init's weights
+    return dict(state, params=pretrained.load_initial_params(
+        config, setup.abstract_state["params"], state["params"]))
+  return state
+
+
+def log_metrics(writer, step: int, metrics, data, meter, examples_per_step: int) -> dict:
+  """Write a log step's metrics (losses, skip counts, the interval's step time, examples/s,
+  data wait and MFU) and the progress line; returns them."""
+  logged = jax.device_get(metrics)
+  logged.pop("finite")
+  logged.update(data.skip_stats())
+  logged.update(meter.measure(step))
+  writer.write(step, logged)
+  writer.progress(step, logged, examples_per_step)
+  return logged
+
+
+def log_goodput(writer, step: int, goodput) -> dict:
+  """The run's goodput summary: into metrics.jsonl and the log."""
+  summary = goodput.summary()
+  writer.write(step, summary)
+  logging.info("goodput: %s", ", ".join(f"{k.split('/')[1]} {v}" for k, v in summary.items()))
+  return summary
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Train config's task; resume from WORKDIR/checkpoints when present.
+
+  The host waits for the device only at log, eval and checkpoint steps (and when a
+  profile ends); a non-finite step is found there, before anything newer is saved.
+  Returns the last logged metrics.
+  """
+  config_lib.check_required_init(config)
+  goodput = perf.Goodput()
+  perf.use_compilation_cache(perf.compilation_cache_dir(config, workdir))
+  t = config.train
+  with goodput.timing("initialization"):
+    # Mesh.
+    mesh = sharding.make_mesh(config)
+    jax.set_mesh(mesh)
+    batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
+    check_batch_fits_mesh(t.global_batch_size, t.grad_accum_steps, mesh)
+    if jax.process_index() == 0:
+      config_lib.save_workdir_config(config, workdir)
+
+    # Input and model.
+    task = make_task(config, mesh, batch_sharding, workdir)
+    data = task.data
+    config = optim.with_schedule(config, len(data.train_source))  # step counts from epochs
+    t = config.train
+
+    # Sharded state.
+    setup = setup_state(config, task.model, mesh, task.consts, task.example_batch)
+    ckpt = checkpointing.Checkpointer(workdir, config)
+    state = setup.init_fn(jax.random.key(t.seed))
+  with goodput.timing("restore"):
+    state = restore_or_initialise(config, ckpt, setup, state, data)
   start = int(state["step"])
 
-  # Update step and validation.
-  replicated = NamedSharding(mesh, P())
-  consts_shardings = (replicated,) * len(task.consts)
-  train_step = jax.jit(
-      make_train_step(config, setup, task.loss_terms),
-      in_shardings=(setup.shardings, batch_sharding, *consts_shardings, replicated),
-      out_shardings=(setup.shardings, replicated), donate_argnums=(0,),
-      compiler_options=compiler_options())
-  validate = task.make_validate(setup, mesh, batch_sharding)
-  base_key = jax.random.key(t.seed)
+  with goodput.timing("initialization"):
+    # Update step (carrying the non-finite record) and validation.
+    replicated = NamedSharding(mesh, P())
+    consts_shardings = (replicated,) * len(task.consts)
+    train_step = jax.jit(
+        with_nonfinite_record(make_train_step(config, setup, task.loss_terms), task.loss_terms),
+        in_shardings=(setup.shardings, batch_sharding, *consts_shardings, replicated,
+                      replicated),
+        out_shardings=(setup.shardings, replicated, replicated), donate_argnums=(0,),
+        compiler_options=compiler_options())
+    validate = task.make_validate(setup, mesh, batch_sharding)
+    base_key = jax.random.key(t.seed)
+    record = jax.device_put(no_nonfinite_step(len(task.loss_terms)), replicated)
+
+    writer = MetricWriter(workdir, total_steps=t.num_steps)
+    batches = data_lib.DevicePrefetcher(data, config.data.get("device_prefetch", 1))
+    profiler = perf.StepProfiler(workdir, t.get("profile_steps", ()))
+    meter = perf.IntervalMeter(goodput, t.global_batch_size, mesh.size,
+                               perf.peak_flops_per_device(config, jax.devices()[0].device_kind),
+                               start)
 
   # Loop.
-  writer = MetricWriter(workdir, total_steps=t.num_steps)
-  last = {}
-  with PreemptionFlag() as preempted:
-    step, compiled_step = start, None
-    while step < t.num_steps:
-      batch = data.next_train_batch()
-      if compiled_step is None:
-        compiled_step = train_step.lower(state, batch, *task.consts, base_key).compile()
-        release_freed_host_memory()
-      state, metrics = compiled_step(state, batch, *task.consts, base_key)
-      step += 1
-      check_finite(step, metrics, task.loss_terms)
-      save_metrics = None
-      if step % t.log_every_steps == 0 or step == t.num_steps:
-        last = jax.device_get(metrics)
-        last.pop("finite")
-        last.update(data.skip_stats())
-        writer.write(step, last)
-        writer.progress(step, last, t.global_batch_size)
-      if t.eval_every_steps and (step % t.eval_every_steps == 0 or step == t.num_steps):
-        val = validate(state)
-        writer.write(step, val)
-        writer.validation(step, val)
-        last.update(val)
-        save_metrics = {config.checkpoint.best_metric: val.get(config.checkpoint.best_metric, 0.0)} \
-            if config.checkpoint.best_metric in val else None
-      stop = preempted.should_stop() or step == t.stop_at_step
-      if step % t.checkpoint_every_steps == 0 or step == t.num_steps or stop or save_metrics:
-        ckpt.save(step, state, data.train_iterator, metrics=save_metrics, force=stop)
-      if stop:
-        logging.warning("stopping after step %d (checkpoint saved)", step)
-        break
-  ckpt.close()
-  writer.close()
+  last, step, compiled_step = {}, start, None
+  try:
+    with PreemptionFlag() as preempted:
+      while step < t.num_steps:
+        with goodput.timing("data_wait"):
+          batch = batches.next()
+        if compiled_step is None:
+          with goodput.timing("compilation"):
+            compiled_step = train_step.lower(state, batch, *task.consts, base_key,
+                                             record).compile()
+            release_freed_host_memory()
+          meter.flops_per_step = flops.train_step_flops(config, compiled_step)
+        step += 1
+        profiler.before_step(step)
+        with goodput.timing("train_steps"), profiler.annotate(step):
+          state, metrics, record = compiled_step(state, batch, *task.consts, base_key, record)
+        with goodput.timing("profiling"):
+          profiler.after_step(step, state)
+        logs = step % t.log_every_steps == 0 or step == t.num_steps
+        evals = t.eval_every_steps and (step % t.eval_every_steps == 0 or step == t.num_steps)
+        saves = step % t.checkpoint_every_steps == 0 or step == t.num_steps
+        stop = step == t.stop_at_step or preempted.should_stop(sync_point=logs or evals or saves)
+        saves = saves or stop
+        if not (logs or evals or saves):
+          continue
+        with goodput.timing("train_steps"):  # the host waits for the dispatched steps here
+          check_finite(jax.device_get(record), task.loss_terms)
+        save_metrics = None
+        if logs:
+          last = log_metrics(writer, step, metrics, data, meter, t.global_batch_size)
+        if evals:
+          with goodput.timing("evaluation"):
+            val = validate(state)
+          writer.write(step, val)
+          writer.validation(step, val)
+          last.update(val)
+          save_metrics = {config.checkpoint.best_metric: val.get(config.checkpoint.best_metric, 0.0)} \
+              if config.checkpoint.best_metric in val else None
+        if saves or save_metrics:
+          with goodput.timing("checkpointing"):
+            ckpt.save(step, state, batches.position(), metrics=save_metrics, force=stop)
+        if stop:
+          logging.warning("stopping after step %d (checkpoint saved)", step)
+          break
+  finally:
+    profiler.close()
+    batches.close()
+    with goodput.timing("checkpointing"):
+      ckpt.close()
+    log_goodput(writer, step, goodput)
+    writer.close()
   return last

@@ -158,24 +158,48 @@ def test_pod_configs(name):
   variant = module.get_config("batch=512,remat,fp32,tensor=2")
   assert variant.train.global_batch_size == 512 and variant.model.remat
   assert variant.model.dtype == "float32" and variant.mesh.shape[2] == 2
+  assert tuple(config.mesh.dcn_shape) == ()
+  assert tuple(module.get_config("slices=2").mesh.dcn_shape) == (2, 1, 1)
+
+
+@pytest.mark.aot
+def test_aot_tiny_on_two_tpu_slices():
+  if not HAS_LIBTPU:
+    pytest.skip(NO_LIBTPU)
+  code, stdout, report = run_aot("--config", TINY, "--topology", "v5e:2x2", "--num_slices", "2",
+                                 "--what", "train")
+  assert code == 0, stdout
+  assert report["num_slices"] == 2 and report["num_devices"] == 8
+  assert report["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+  check_step(report["steps"]["train"])
 
 
 @pytest.mark.parametrize("name", ["tpu_v5e_256", "tpu_v5p_128", "tpu_v4_64"])
 def test_pod_config_meshes_fit_the_physical_topology(name):
-  """jax.make_mesh needs every mesh axis to be a product of physical torus axes."""
+  """jax.make_mesh needs every mesh axis to be a product of physical torus axes; v5e-256
+  also as two slices (mesh.dcn_shape)."""
   if not HAS_LIBTPU:
     pytest.skip(NO_LIBTPU)
   import importlib
   code = (f"import jax; from ssacl_jax import aot; from configs import {name} as m\n"
           f"t = aot.parse_topology({POD_CONFIGS[name]!r}); aot.quiet_libtpu(t)\n"
           "mesh = aot.make_mesh(m.get_config(), aot.target_devices(t))\n"
-          "print(dict(mesh.shape))")
+          "print(dict(mesh.shape))\n")
+  if name == "tpu_v5e_256":   # and two such slices (multi-slice), data across them
+    code += ("import numpy as np\n"
+             "mesh = aot.make_mesh(m.get_config('slices=2,batch=512'), aot.target_devices(t, 2))\n"
+             "s = np.vectorize(lambda d: d.slice_index)(mesh.devices)\n"
+             "print(dict(mesh.shape), s[:16].max(), s[16:].min(), (s == s[:, :1]).all())\n")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                         text=True)
   assert proc.returncode == 0, proc.stderr[-2000:]
   config = importlib.import_module(f"configs.{name}").get_config()
   assert f"'fsdp': {config.mesh.shape[1]}" in proc.stdout
+  if name == "tpu_v5e_256":
+    # 512 compile-only devices: the data axis holds 2 x 16 rows, the first 16 in slice 0;
+    # fsdp and tensor stay inside a slice (ICI).
+    assert "{'data': 32, 'fsdp': 16, 'tensor': 1} 0 1 True" in proc.stdout
 
 
 # ----------------------------------------------------------------------------- the command

@@ -126,6 +126,33 @@ def test_tpu_pod_all_keep_and_interrupt_leave_the_slice():
   assert all(c[4] != "delete" for c in runner.calls if c[0] == "gcloud")
 
 
+def test_tpu_pod_multi_slice_dry_run_shows_each_slices_megascale_environment():
+  lines = dry_run("tpu_pod", "all", *POD, "--num-slices", "2", "--tarball", "--config",
+                  "configs/tpu_v5e_256.py:slices=2,batch=512", "--workdir", "gs://b/w")
+  verbs = [(shlex.split(x)[4], shlex.split(x)[5]) if x.startswith("gcloud") else x.split()[0]
+           for x in lines]
+  assert verbs == [("create", "ssacl-v5e-0"), ("create", "ssacl-v5e-1"), "git",
+                   ("scp", "/tmp/ssacl_jax.tar.gz"), ("scp", "/tmp/ssacl_jax.tar.gz"),
+                   ("ssh", "ssacl-v5e-0"), ("ssh", "ssacl-v5e-1"),   # install
+                   ("ssh", "ssacl-v5e-0"), ("ssh", "ssacl-v5e-1"),   # run
+                   ("ssh", "ssacl-v5e-0"),                            # logs
+                   ("delete", "ssacl-v5e-0"), ("delete", "ssacl-v5e-1")]
+  coordinator = ("MEGASCALE_COORDINATOR_ADDRESS=$(gcloud compute tpus tpu-vm describe "
+                 "ssacl-v5e-0 '--format=value(networkEndpoints[0].ipAddress)' "
+                 "--zone=us-west4-a --project=proj):8080")
+  for slice_id, line in enumerate(lines[7:9]):
+    remote = shlex.split(line)[7].removeprefix("--command=")
+    assert "--worker=all" in line
+    assert (f"{coordinator} MEGASCALE_NUM_SLICES=2 MEGASCALE_SLICE_ID={slice_id} "
+            "MEGASCALE_PORT=8080 SSACL_DISTRIBUTED=1 nohup python3 -m ssacl_jax.main "
+            "--config=configs/tpu_v5e_256.py:slices=2,batch=512") in remote
+  given = tpu_pod.slice_environment(tpu_pod.parse_args(
+      ["run", *POD, "--num-slices", "3", "--coordinator-address", "10.0.0.2", "--workdir", "w"]), 2)
+  assert given == {"MEGASCALE_COORDINATOR_ADDRESS": "10.0.0.2:8080", "MEGASCALE_NUM_SLICES": "3",
+                   "MEGASCALE_SLICE_ID": "2", "MEGASCALE_PORT": "8080"}
+  assert tpu_pod.slice_environment(tpu_pod.parse_args(["run", *POD, "--workdir", "w"]), 0) == {}
+
+
 # ----------------------------------------------------------------------------- SLURM
 def test_slurm_per_gpu_script_and_command():
   lines = dry_run("slurm_gpu", "--nodes", "2", "--gpus-per-node", "8", "--partition", "h200",

@@ -1,13 +1,17 @@
-"""Training loop: metrics, checkpoints, exact resume, preemption, non-finite steps."""
+"""Training loop: metrics, checkpoints, exact resume, preemption, non-finite steps,
+prefetching, goodput, throughput/MFU and profiles."""
 import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssacl_jax import train
+from ssacl_jax import flops, train
 from tiny_config import tiny_config
+
+PEAK = 1e9   # a made-up per-device peak, so the CPU runs log MFU
 
 
 def config_for(data_dir, **train_fields):
@@ -18,14 +22,23 @@ def config_for(data_dir, **train_fields):
   c.train.checkpoint_every_steps = 2
   c.train.eval_every_steps = 0
   c.checkpoint.async_save = False
+  c.train.peak_flops_per_device = PEAK
   for k, v in train_fields.items():
     c.train[k] = v
   return c
 
 
+def read_records(workdir):
+  return [json.loads(x) for x in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
 def read_metrics(workdir):
-  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-  return {r["step"]: r for r in map(json.loads, lines) if "loss" in r}
+  return {r["step"]: r for r in read_records(workdir) if "loss" in r}
+
+
+def checkpoint_steps(workdir):
+  return sorted(int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").iterdir()
+                if p.name.isdigit())
 
 
 def test_metrics_and_checkpoints_are_written(uninterrupted):
@@ -35,9 +48,30 @@ def test_metrics_and_checkpoints_are_written(uninterrupted):
     for k in ("loss", "loss_ir", "loss_cl", "loss_lm", "loss_ar", "loss_ac", "grad_norm",
               "learning_rate", "logit_scale"):
       assert np.isfinite(r[k]), k
-  steps = sorted(int(p.name) for p in (uninterrupted / "checkpoints").iterdir() if p.name.isdigit())
-  assert steps == [2, 4, 6]
+  assert checkpoint_steps(uninterrupted) == [2, 4, 6]
   assert any((uninterrupted / "tensorboard").iterdir())
+
+
+def test_throughput_mfu_and_goodput_are_logged(uninterrupted, tiny_data_dir):
+  """Each log interval: step time, examples/s, data wait, MFU from the hand-counted FLOPs
+  over 8 devices x PEAK; at the end, a goodput record whose parts add up to the total."""
+  step_flops = flops.hand_flops(config_for(tiny_data_dir), 8)["step"]
+  for step, r in read_metrics(uninterrupted).items():
+    assert r["perf/step_time_s"] > 0 and r["data_wait_s"] >= 0, step
+    np.testing.assert_allclose(r["perf/examples_per_s"], 8 / r["perf/step_time_s"], rtol=1e-9)
+    np.testing.assert_allclose(r["perf/mfu"], step_flops / (r["perf/step_time_s"] * 8 * PEAK),
+                               rtol=1e-9)
+  goodput = [r for r in read_records(uninterrupted) if "goodput/total_s" in r]
+  assert len(goodput) == 1 and goodput[0]["step"] == 6
+  g = goodput[0]
+  parts = [k for k in g if k.startswith("goodput/") and k.endswith("_s") and k != "goodput/total_s"]
+  assert {p.split("/")[1][:-2] for p in parts} >= {
+      "initialization", "compilation", "data_wait", "train_steps", "evaluation",
+      "checkpointing", "restore"}
+  assert g["goodput/compilation_s"] > 0 and g["goodput/train_steps_s"] > 0
+  np.testing.assert_allclose(sum(g[p] for p in parts), g["goodput/total_s"], atol=0.01)
+  np.testing.assert_allclose(g["goodput/productive_fraction"],
+                             g["goodput/train_steps_s"] / g["goodput/total_s"], atol=1e-4)
 
 
 def test_resume_continues_identically(uninterrupted, tiny_data_dir, tmp_path, capfd):
@@ -59,7 +93,9 @@ def test_resume_continues_identically(uninterrupted, tiny_data_dir, tmp_path, ca
       np.testing.assert_allclose(got[step][k], want[step][k], rtol=1e-6, err_msg=f"{k}@{step}")
 
 
-def test_non_finite_step_is_refused_and_named(tiny_data_dir):
+def test_non_finite_step_is_refused_and_recorded_on_the_device(tiny_data_dir):
+  """The step leaves the state untouched and records its number and terms; a later finite
+  step keeps the first record; the host check names the step and the term."""
   from ssacl_jax import sharding
   from ssacl_jax.models import ssacl
   from test_model import random_batch
@@ -70,13 +106,55 @@ def test_non_finite_step_is_refused_and_named(tiny_data_dir):
   setup = train.setup_state(config, model, mesh, tokens)
   state = setup.init_fn(jax.random.key(0))
   before = jax.device_get(state["params"])
+  good = dict(batch)
+  batch["image"] = batch["image"].copy()
   batch["image"][0, 0, 0, 0] = np.nan
-  step = jax.jit(train.make_train_step(config, setup))
-  new_state, metrics = step(state, batch, *tokens, jax.random.key(1))
-  with pytest.raises(train.NonFiniteLossError, match=r"non-finite ir.* at step 7"):
-    train.check_finite(7, jax.device_get(metrics))
-  after = jax.device_get(new_state["params"])
-  jax.tree.map(np.testing.assert_array_equal, before, after)
+  step = jax.jit(train.with_nonfinite_record(train.make_train_step(config, setup),
+                                             ssacl.LOSS_NAMES))
+  record = train.no_nonfinite_step(len(ssacl.LOSS_NAMES))
+  train.check_finite(jax.device_get(record))   # no non-finite step yet: no error
+  state, metrics, record = step(state, batch, *tokens, jax.random.key(1), record)
+  jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(state["params"]))
+  state, metrics, record = step(state, good, *tokens, jax.random.key(1), record)
+  assert bool(metrics["finite"]) and int(state["step"]) == 1   # the finite step did update
+  record = jax.device_get(record)
+  assert int(record["step"]) == 1 and np.isnan(record["losses"][ssacl.LOSS_NAMES.index("ir")])
+  with pytest.raises(train.NonFiniteLossError, match=r"non-finite ir.* at step 1 "):
+    train.check_finite(record)
+
+
+def test_nan_at_step_k_is_named_at_the_next_sync_and_nothing_newer_is_saved(
+    uninterrupted, tiny_data_dir, tmp_path, monkeypatch):
+  """NaN in step 3's batch, logging every 5 steps, checkpoints every 2: the checkpoint step
+  4 is a sync point, so the run stops there naming step 3 and saves nothing after step 2,
+  whose state equals the uninterrupted run's. Steps 1-2 are traced into WORKDIR/profile."""
+  from ssacl_jax import checkpointing, data as data_lib, sharding
+  from ssacl_jax.models import ssacl
+  produce, produced = data_lib.TrainingData.next_train_batch, []
+
+  def poisoned(self):
+    batch = produce(self)
+    produced.append(1)
+    if len(produced) == 3:
+      image = batch["image"]
+      batch["image"] = jax.device_put(image.at[0, 0, 0, 0].set(jnp.nan), image.sharding)
+    return batch
+
+  monkeypatch.setattr(data_lib.TrainingData, "next_train_batch", poisoned)
+  config = config_for(tiny_data_dir, log_every_steps=5, profile_steps=(1, 2))
+  with pytest.raises(train.NonFiniteLossError, match=r"non-finite ir.* at step 3 "):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert checkpoint_steps(tmp_path) == [2]
+  assert read_metrics(tmp_path) == {}   # the first log step (5) was never reached
+  assert any("goodput/total_s" in r for r in read_records(tmp_path))
+  traces = list((tmp_path / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+  setup = train.setup_state(config, ssacl.build_model(config.model), sharding.make_mesh(config),
+                            ssacl.dummy_anatomy_tokens(config))
+  restore = lambda w: jax.device_get(checkpointing.Checkpointer(w, config, read_only=True)
+                                     .restore(2, setup.abstract_state))
+  jax.tree.map(np.testing.assert_array_equal, restore(uninterrupted), restore(tmp_path))
 
 
 def test_gradient_accumulation_averages_microbatch_losses(tiny_data_dir):
