@@ -90,9 +90,10 @@ def load_vocab(path: str | pathlib.Path) -> tokenizers.WordPieceTokenizer:
 
 def token_ids(tok: tokenizers.WordPieceTokenizer, report: str,
               max_len: int = MAX_LEN) -> np.ndarray:
-  """int32 ids of one report: [CLS] pieces [SEP], at most `max_len` (CheXbert's cut)."""
-  ids, mask = tokenizers.encode_text(tok, clean_report(report), max_len)
-  return ids[:int(mask.sum())]
+  """int32 ids of one report: [CLS] pieces [SEP], at most `max_len` (CheXbert's cut keeps
+  the final [SEP]; the release's text encoder, `tokenizers.encode_text`, has none)."""
+  pieces = list(tok.encode(clean_report(report)))[:max(max_len - 2, 0)]
+  return np.asarray([tok.bos_id, *pieces, tok.eos_id], np.int32)
 
 
 # --------------------------------------------------------------------------------- weights
