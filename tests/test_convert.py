@@ -472,7 +472,8 @@ def test_training_losses_match_the_peer_formulas(release, wordpiece):
 
 # ----------------------------------------------------------------------------- position tables
 @pytest.mark.parametrize("encoder_table", ["mae", "release"])
-def test_release_position_tables_are_identified_and_reproduced(release, tmp_path, encoder_table):
+def test_release_position_tables_are_identified_and_reproduced(release, wordpiece, tmp_path,
+                                                               encoder_table):
   """The release's decoder always has its own formula; its encoder MAE's (started from MAE)
   or the release's. The converted model reproduces encoder tokens and decoder pixels."""
   config, model, _, params, _ = release
@@ -492,7 +493,7 @@ def test_release_position_tables_are_identified_and_reproduced(release, tmp_path
   assert f"position tables: image_encoder={encoder_table}, image_decoder=release" in report.text()
   convert.set_position_tables(cfg, report)
   assert dict(cfg.model.position_tables) == want
-  images = random_inputs(cfg)[0]["image"]
+  images = random_inputs(cfg, wordpiece)[0]["image"]
   out = apply(cfg, converted, lambda mm, x: mm.image_encoder(x, mask_ratio=0.5,
                                                              rng=jax.random.key(4)), images)
   pixels = apply(cfg, converted, lambda mm, t, r: mm.image_decoder(t, r), out["tokens"],
