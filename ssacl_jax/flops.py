@@ -115,10 +115,10 @@ def hand_flops(config, batch: int, *, release: bool = False, release_prompt_frac
   return result
 
 
-def train_step_flops(config, compiled=None) -> float | None:
+def train_step_flops(config, compiled=None, num_devices: int = 1) -> float | None:
   """FLOPs of one update step over all devices: the hand count for SS-ACL pretraining;
-  other tasks (fine-tuning) take XLA's count of the compiled step (per device, x devices),
-  or None when there is nothing to count from."""
+  other tasks (fine-tuning) take XLA's count of the compiled step (per device, times
+  num_devices), or None when there is nothing to count from."""
   if config.get("task", "ssacl") == "ssacl":
     return float(hand_flops(config, config.train.global_batch_size)["step"])
   if compiled is None:
@@ -126,4 +126,4 @@ def train_step_flops(config, compiled=None) -> float | None:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = (cost or {}).get("flops")
-  return float(flops) * len(compiled.input_shardings[0][0].device_set) if flops else None
+  return float(flops) * num_devices if flops else None

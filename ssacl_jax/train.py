@@ -487,7 +487,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             compiled_step = train_step.lower(state, batch, *task.consts, base_key,
                                              record).compile()
             release_freed_host_memory()
-          meter.flops_per_step = flops.train_step_flops(config, compiled_step)
+          meter.flops_per_step = flops.train_step_flops(config, compiled_step, mesh.size)
         step += 1
         profiler.before_step(step)
         with goodput.timing("train_steps"), profiler.annotate(step):
