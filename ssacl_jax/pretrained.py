@@ -198,6 +198,10 @@ def _from_converter(kind, src, config, wanted, abstract_params) -> dict:
     hint = ("\n(to take the MAE encoder only: --config.init.parts=image_encoder plus the "
             "parts other sources give)" if kind == "mae" and parts is None else "")
     raise InitError(f"config.init.{kind}={src}: {e}{hint}") from e
-  _check_position_tables(config, report.position_tables, f"config.init.{kind}={src}")
+  # The release's image decoder keeps its own fixed table whatever MAE's is (SPEC 2): the
+  # tables are formulas, never imported, so only the encoder's must agree with an MAE file.
+  found = {part: table for part, table in report.position_tables.items()
+           if kind != "mae" or part == "image_encoder"}
+  _check_position_tables(config, found, f"config.init.{kind}={src}")
   logging.info("init: converted config.init.%s:\n%s", kind, report.text())
   return converted

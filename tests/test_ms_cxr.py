@@ -147,7 +147,8 @@ def test_phrase_grounding_eval_scores_each_phrase_with_both_maps(uninterrupted, 
     box_mask[int(np.floor(y / HEIGHT * size)):int(np.ceil((y + h) / HEIGHT * size)),
              int(np.floor(x / WIDTH * size)):int(np.ceil((x + w) / WIDTH * size))] = True
   for row, method in enumerate(evaluate.PHRASE_METHODS):
-    heat = grounding.smooth_and_resize(maps[row].reshape(grid, grid), (size, size))
+    heat = grounding.smooth_and_resize(maps[row].reshape(grid, grid), (size, size),
+                                        resize="nearest")
     h = (heat - heat.min()) / (heat.max() - heat.min())
     inside, outside = h[box_mask], h[~box_mask]
     want_cnr = (inside.mean() - outside.mean()) / np.sqrt(inside.var() + outside.var())

@@ -30,7 +30,8 @@ BPE_VOCAB = 265
 
 def paper_config(data_dir, gpt2="", mae=""):
   """configs/ssacl_vitb16.py at tiny sizes (the test data and fixtures' sizes)."""
-  c, tiny = ssacl_vitb16.get_config("batch=8,steps=2"), tiny_config()
+  # The paper accumulates 2 micro-steps: 16 = 2 x 8 devices.
+  c, tiny = ssacl_vitb16.get_config("batch=16,steps=2"), tiny_config()
   for k in ("image_size", "patch", "encoder", "image_decoder", "text"):
     c.model[k] = tiny.model[k]
   c.model.report = dict(tiny.model.report, vocab_size=BPE_VOCAB)

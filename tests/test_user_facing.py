@@ -75,7 +75,8 @@ def card(tmp_path, monkeypatch):
              "grounding/leaves/ours/cnr": 1.5, "grounding/leaves/random/cnr": 0.0,
              "grounding/leaves/cls_attention/cnr": 0.5,
              "ci95": {"language/BLEU_4": [0.2, 0.3]}, "protocol": {"dataset": "synthetic_cxr"}}
-  evaluate.write_outputs(pathlib.Path("../work/eval/test"), fake_results(), metrics, 4, cfg,
+  evaluate.write_outputs(pathlib.Path("../work/eval/test"), fake_results(), metrics,
+                         evaluate.Scores(), 4, cfg,
                          {"trained on": "synthetic_cxr", "synthetic": True})
   monkeypatch.chdir(tmp_path)
   return tmp_path / "work" / "eval" / "test" / "report_card.html"
@@ -150,7 +151,7 @@ def test_config_errors_are_one_line():
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.load_config_file("configs/demo.py:bogus=1")
   assert one_error_line(e.value) == ("error: unknown config variant 'bogus' in 'bogus=1'; valid "
-                                     "variants: batch, steps, warm_steps (e.g. configs/demo.py:steps=100)")
+                                     "variants: ablate, batch, steps, warm_steps (e.g. configs/demo.py:steps=100)")
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.load_config_file("configs/demo.py:steps=many")
   assert "expected a int, like steps=" in one_error_line(e.value)
@@ -187,13 +188,13 @@ def test_path_and_image_errors_are_one_line(tmp_path):
 
 
 def test_non_finite_loss_is_one_line():
-  metrics = {"finite": False, "grad_norm": np.nan, **{f"loss_{k}": 1.0 for k in ("ir", "cl")}}
-  metrics["loss_cl"] = np.inf
+  # The step's device-side record of its first non-finite step, as the host reads it.
+  record = {"step": 5, "losses": np.array([1.0, np.inf]), "grad_norm": np.nan}
   with pytest.raises(train.NonFiniteLossError) as e:
-    train.check_finite(5, metrics, ("ir", "cl"))
+    train.check_finite(record, ("ir", "cl"))
   line = one_error_line(e.value)
   assert line.startswith("error: non-finite cl, gradient norm at step 5") and "clip" in line
-  assert cli.call(lambda argv: train.check_finite(5, metrics, ("ir", "cl")), []) == 2
+  assert cli.call(lambda argv: train.check_finite(record, ("ir", "cl")), []) == 2
 
 
 def test_damaged_checkpoint_is_named_with_the_intact_steps(uninterrupted, tmp_path):
