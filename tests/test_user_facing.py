@@ -219,8 +219,8 @@ def test_cli_bad_variant_exits_2_with_one_line(tmp_path):
                        timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [
-      "error: unknown config variant 'bogus' in 'bogus=1'; valid variants: batch, steps, "
-      "warm_steps (e.g. configs/demo.py:steps=100)"]
+      "error: unknown config variant 'bogus' in 'bogus=1'; valid variants: ablate, batch, "
+      "steps, warm_steps (e.g. configs/demo.py:steps=100)"]
 
 
 # ----------------------------------------------------------------------------- demo
