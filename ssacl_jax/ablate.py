@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import shutil
 
 from ssacl_jax import demo  # first: sets XLA_FLAGS before anything imports jax
 
 from absl import app, flags
 
 from configs import demo as demo_configs
+from ssacl_jax import checkpointing, config_lib
 
 # (table header, metrics.json key); the keys are ssacl_jax/evaluate.py's.
 COLUMNS = (
@@ -54,12 +56,31 @@ def variant_config(base, name: str):
   return config
 
 
-def run_variant(config, workdir: pathlib.Path, name: str) -> None:
+def shared_warm_start(config, workdir: pathlib.Path, full_config, full_workdir: pathlib.Path):
+  """The full model's finished warm start, copied into workdir when this variant's warm-start
+  config is the same (ablations of L_ar, L_ac leave stage 0 unchanged): the resume then finds
+  its last step and trains nothing. Returns the copied directory, or None."""
+  if full_config is None:
+    return None
+  (stage0, dst), *_ = config_lib.warm_start_configs(config, str(workdir))
+  (full_stage0, src), *_ = config_lib.warm_start_configs(full_config, str(full_workdir))
+  src, dst = pathlib.Path(src), pathlib.Path(dst)
+  if (not config.warm_start.steps or dst.exists() or stage0.to_json() != full_stage0.to_json()
+      or stage0.train.num_steps not in checkpointing.finished_steps(src)):
+    return None
+  shutil.copytree(src, dst)
+  return dst
+
+
+def run_variant(config, workdir: pathlib.Path, name: str, full_config=None,
+                full_workdir: pathlib.Path | None = None) -> None:
   """The demo recipe into workdir, unless its eval metrics.json is already there."""
   metrics = demo.eval_dir(config, workdir) / "metrics.json"
   if metrics.is_file():
     print(f"[ablate:{name}] reusing {metrics}", flush=True)
     return
+  if shared_warm_start(config, workdir, full_config, full_workdir):
+    print(f"[ablate:{name}] warm start: the same config as {FULL}'s, copied from it", flush=True)
   times = demo.run(config, str(workdir), tag=f"ablate:{name}")
   (workdir / "demo_times.json").write_text(json.dumps(times, indent=1))
 
@@ -130,7 +151,7 @@ def run_ablations(base, workdir, variants=tuple(demo_configs.ABLATIONS)) -> list
   workdir = pathlib.Path(workdir)
   configs = {name: variant_config(base, name) for name in variants}  # unknown names fail here
   for name, config in configs.items():
-    run_variant(config, workdir / name, name)
+    run_variant(config, workdir / name, name, configs.get(FULL), workdir / FULL)
   rows = [read_row(config, workdir / name, name) for name, config in configs.items()]
   for row in rows:
     name = row["variant"]
@@ -146,7 +167,6 @@ def run_ablations(base, workdir, variants=tuple(demo_configs.ABLATIONS)) -> list
 
 def main(argv):
   del argv
-  from ssacl_jax import config_lib
   f = flags.FLAGS
   if "ablate=" in str(f["config"].config_filename):
     raise app.UsageError("--config must be the full model (no ablate=...): the runner "

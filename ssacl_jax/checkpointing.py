@@ -93,6 +93,13 @@ def _abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
+def finished_steps(workdir) -> list[int]:
+  """The steps saved under WORKDIR/checkpoints, without opening a manager (orbax writes a
+  step into a temporary name and renames it when complete)."""
+  directory = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) if directory.is_dir() else []
+
+
 class Checkpointer:
   """CheckpointManager for (state, data iterator, metadata) under WORKDIR/checkpoints."""
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import demo as demo_configs
-from ssacl_jax import ablate, anatomy, config_lib, demo, evaluate
+from ssacl_jax import ablate, anatomy, checkpointing, config_lib, demo, evaluate
 from ssacl_jax.models import ssacl
 
 # What each ablation must change, written from the issue (not read from configs/demo.py):
@@ -167,3 +167,20 @@ def test_runner_tables_two_variants_and_reuses_them(tiny_data_dir, uninterrupted
   assert [p.stat().st_mtime_ns for p in finished] == mtimes
   assert (tmp_path / "ablation.json").read_text() == saved_text   # NaN-safe comparison
   assert json.dumps([r["values"] for r in again]) == json.dumps([r["values"] for r in rows])
+
+
+def test_variants_with_the_full_models_warm_start_copy_it(tmp_path):
+  configs = {n: demo_configs.get_config(f"ablate={n}") for n in ("full", "ar_ac", "cl")}
+  full_dir = tmp_path / "full"
+  last = configs["full"].warm_start.steps
+  for step in (last - 100, last):
+    (full_dir / "warm_start" / "checkpoints" / str(step)).mkdir(parents=True)
+  copied = ablate.shared_warm_start(configs["ar_ac"], tmp_path / "ar_ac", configs["full"], full_dir)
+  assert copied == tmp_path / "ar_ac" / "warm_start"
+  assert checkpointing.finished_steps(copied) == [last - 100, last]
+  # L_cl's ablation changes stage 0 (L_ir alone): it trains its own.
+  assert ablate.shared_warm_start(configs["cl"], tmp_path / "cl", configs["full"], full_dir) is None
+  assert not (tmp_path / "cl").exists()
+  # An unfinished warm start of the full model is not shared.
+  (full_dir / "warm_start" / "checkpoints" / str(last)).rmdir()
+  assert ablate.shared_warm_start(configs["ar_ac"], tmp_path / "again", configs["full"], full_dir) is None
