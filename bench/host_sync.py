@@ -31,7 +31,7 @@ import jax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from bench import benchlib  # noqa: E402
-from ssacl_jax import sharding, train  # noqa: E402
+from ssacl_jax import sharding, state as state_lib, train  # noqa: E402
 from ssacl_jax.models import ssacl  # noqa: E402
 from test_model import random_batch  # noqa: E402
 from tiny_config import tiny_config  # noqa: E402
@@ -90,7 +90,7 @@ def main():
   mesh = sharding.make_mesh(config)
   jax.set_mesh(mesh)
   batch_np, tokens = random_batch(config, config.train.global_batch_size)
-  setup = train.setup_state(config, ssacl.build_model(config.model), mesh, tokens)
+  setup = state_lib.setup_state(config, ssacl.build_model(config.model), mesh, tokens, ssacl.dummy_batch(config, 1))
   before, after, batch_sharding, replicated = jitted_steps(config, setup, mesh)
   args = (jax.device_put(batch_np, batch_sharding), *jax.device_put(tokens, replicated),
           jax.device_put(jax.random.key(0), replicated))

@@ -86,12 +86,12 @@ def state_bytes(config, n: int) -> dict:
   """Per-device parameter and optimizer-state bytes on an abstract mesh of n devices."""
   import jax
   from jax.sharding import AbstractMesh, AxisType
-  from ssacl_jax import train
+  from ssacl_jax import state as state_lib
   from ssacl_jax.models import ssacl
   axes = tuple(config.mesh.axes)
   mesh = AbstractMesh(tuple(config.mesh.shape), axes, axis_types=(AxisType.Auto,) * len(axes))
-  setup = train.setup_state(config, ssacl.build_model(config.model), mesh,
-                            ssacl.dummy_anatomy_tokens(config))
+  setup = state_lib.setup_state(config, ssacl.build_model(config.model), mesh,
+                            ssacl.dummy_anatomy_tokens(config), ssacl.dummy_batch(config, 1))
   total = lambda tree: sum(padded_shard_bytes(x) for x in jax.tree.leaves(tree))
   params, opt = total(setup.abstract_state["params"]), total(setup.abstract_state["opt_state"])
   return {"params_bytes": params, "opt_state_bytes": opt, "state_bytes": params + opt}

@@ -69,7 +69,7 @@ def parse_args(argv=None):
                  help="lower and compile from the abstract state (nothing allocated); report "
                       "compile time, memory_analysis and FLOPs only")
   p.add_argument("--trainer_compiler_options", type=int, default=1,
-                 help="1: compile with train.compiler_options() as the trainer does (if the "
+                 help="1: compile with state_lib.compiler_options() as the trainer does (if the "
                       "imported package has it); 0: XLA defaults (plus --xla_flags)")
   p.add_argument("--release_host_memory", type=int, default=1,
                  help="1: as the trainer does, hand the compiler's freed heap back to the OS "
@@ -111,7 +111,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from ssacl_jax import anatomy, flops, hardware, perf, sharding, train  # noqa: E402
+from ssacl_jax import anatomy, flops, hardware, perf, sharding, state as state_lib, train  # noqa: E402
 from ssacl_jax.models import ssacl  # noqa: E402
 
 
@@ -218,14 +218,14 @@ def cost_figures(compiled) -> dict:
 # ----------------------------------------------------------------------------- main
 def trainer_options(a) -> dict | None:
   """The compiler options train.train_and_evaluate jits the step with (None: defaults)."""
-  if not a.trainer_compiler_options or not hasattr(train, "compiler_options"):
+  if not a.trainer_compiler_options or not hasattr(state_lib, "compiler_options"):
     return None
-  return train.compiler_options()
+  return state_lib.compiler_options()
 
 
 def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine, cache_dir=None):
   """Compile from ShapeDtypeStructs; report compile time, memory and FLOPs."""
-  setup = train.setup_state(config, model, mesh, (ids_np, mask_np))
+  setup = state_lib.setup_state(config, model, mesh, (ids_np, mask_np), ssacl.dummy_batch(config, 1))
   batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
   replicated = NamedSharding(mesh, P())
   sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
@@ -285,7 +285,7 @@ def main():
   if a.compile_only:
     return compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine, cache_dir)
   t0 = time.perf_counter()
-  setup = train.setup_state(config, model, mesh, (ids_np, mask_np))
+  setup = state_lib.setup_state(config, model, mesh, (ids_np, mask_np), ssacl.dummy_batch(config, 1))
   state = setup.init_fn(jax.random.key(config.train.seed))
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0

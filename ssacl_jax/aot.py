@@ -46,7 +46,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from ssacl_jax import (anatomy, collectives, config_lib, flops, generate, hardware, roofline,
-                       sharding, train)
+                       sharding, train, state as state_lib)
 from ssacl_jax.models import ssacl
 
 EXIT_DOES_NOT_FIT = 3
@@ -256,7 +256,7 @@ def lower_train_step(config, mesh, model=None):
   model = model or ssacl.build_model(config.model)
   batch, ids, mask, key = abstract_inputs(config, mesh)
   # Outside the mesh context: eager ops there would run on the (compile-only) devices.
-  setup = train.setup_state(config, model, mesh, ssacl.dummy_anatomy_tokens(config))
+  setup = state_lib.setup_state(config, model, mesh, ssacl.dummy_anatomy_tokens(config), ssacl.dummy_batch(config, 1))
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
   step = jax.jit(train.make_train_step(config, setup),

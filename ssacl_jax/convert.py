@@ -570,15 +570,11 @@ def parse_parts(spec: str) -> tuple[str, ...] | None:
 
 
 def abstract_params(config) -> dict:
-  """The model's parameter tree as ShapeDtypeStructs (nothing materialised)."""
-  import flax.linen as nn
-  import jax
+  """The SS-ACL model's parameter tree as ShapeDtypeStructs (nothing materialised)."""
+  from ssacl_jax import state as state_lib
   from ssacl_jax.models import ssacl
-  model = ssacl.build_model(config.model)
-  batch, (ids, mask) = ssacl.dummy_batch(config, 1), ssacl.dummy_anatomy_tokens(config)
-  boxed = jax.eval_shape(lambda r: model.init({"params": r, "mask": r}, batch, ids, mask),
-                         jax.random.key(0))["params"]
-  return nn.meta.unbox(boxed)
+  return state_lib.abstract_params(ssacl.build_model(config.model), ssacl.dummy_batch(config, 1),
+                                   ssacl.dummy_anatomy_tokens(config))
 
 
 def convert(kind: str, src, config, *, parts=None, allow_missing: bool = False,
@@ -682,7 +678,7 @@ def merge_into(fresh: dict, converted: dict) -> dict:
 def write_checkpoint(config, converted: dict, out_dir, report: Report) -> pathlib.Path:
   """OUT/checkpoints/0 (full train state, step 0), OUT/config.json, OUT/conversion_report.txt."""
   import jax
-  from ssacl_jax import checkpointing, config_lib, sharding, train
+  from ssacl_jax import checkpointing, config_lib, sharding, state as state_lib
   from ssacl_jax.models import ssacl
   out = pathlib.Path(out_dir)
   ckpt = checkpointing.Checkpointer(out, config)
@@ -691,7 +687,7 @@ def write_checkpoint(config, converted: dict, out_dir, report: Report) -> pathli
   mesh = sharding.make_mesh(config)
   with jax.set_mesh(mesh):
     model = ssacl.build_model(config.model)
-    setup = train.setup_state(config, model, mesh, ssacl.dummy_anatomy_tokens(config))
+    setup = state_lib.setup_state(config, model, mesh, ssacl.dummy_anatomy_tokens(config), ssacl.dummy_batch(config, 1))
     abstract = setup.abstract_state["params"]
     if set(flatten(abstract)) <= set(flatten(converted)):  # all converted: skip the model's init
       params = merge_into(abstract, converted)

@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from input_pipeline import builders, finetune_pipeline, pipeline
 from input_pipeline.builders import downstream
-from ssacl_jax import checkpointing, config_lib, data as data_lib, optim, sharding, train
+from ssacl_jax import checkpointing, config_lib, data as data_lib, optim, sharding, train, state as state_lib
 from ssacl_jax.evaluation import classification
 from ssacl_jax.models import finetune as models
 
@@ -134,7 +134,7 @@ def make_predict(config, model, setup, mesh, batch_sharding):
       return model.apply({"params": params}, images, method=models.Finetuner.predict)
 
   return jax.jit(predict, in_shardings=(setup.shardings["params"], batch_sharding),
-                 out_shardings=NamedSharding(mesh, P()), compiler_options=train.compiler_options())
+                 out_shardings=NamedSharding(mesh, P()), compiler_options=state_lib.compiler_options())
 
 
 def score_split(config, data: FinetuneData, predict, params, split: str) -> dict:
@@ -187,7 +187,7 @@ def evaluate(config, workdir, split: str | None = None) -> dict:
   batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
   data = FinetuneData(config, mesh, batch_sharding, training=False)
   model = build_model(config)
-  setup = train.setup_state(config, model, mesh, (),
+  setup = state_lib.setup_state(config, model, mesh, (),
                             models.dummy_batch(config, len(data.class_names), 1))
   ckpt = checkpointing.Checkpointer(workdir, config, read_only=True)
   steps = ckpt.all_steps()

@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from input_pipeline import pipeline, tokenizers as tok_lib
-from ssacl_jax import checkpointing, data as data_lib, pretrained, sharding, train
+from ssacl_jax import checkpointing, data as data_lib, pretrained, sharding, train, state as state_lib
 from ssacl_jax.models import ssacl
 
 
@@ -42,7 +42,7 @@ def restore(config, workdir, *, step: int | str | None = None) -> Restored:
   tokenizers = data_lib.load_tokenizers(config, workdir=workdir)
   anatomy_tokens = tok_lib.anatomy_tokens(tokenizers.text, config.data.anatomy_len)
   model = ssacl.build_model(config.model)
-  setup = train.setup_state(config, model, mesh, anatomy_tokens)
+  setup = state_lib.setup_state(config, model, mesh, anatomy_tokens, ssacl.dummy_batch(config, 1))
   ckpt = checkpointing.Checkpointer(workdir, config, read_only=True)
   steps = ckpt.all_steps()
   if not steps and pretrained.requested(config):  # evaluate imported weights directly

@@ -6,29 +6,19 @@ from __future__ import annotations
 
 import json
 
-import flax.linen as nn
 import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from ssacl_jax.models import ssacl
+from ssacl_jax import convert
 
 
 COMPONENTS = ("image_encoder", "image_decoder", "text_encoder", "report_decoder")
 
 
-def abstract_params(config):
-  model = ssacl.build_model(config.model)
-  batch = ssacl.dummy_batch(config, 1)
-  ids, mask = ssacl.dummy_anatomy_tokens(config)
-  boxed = jax.eval_shape(lambda r: model.init({"params": r, "mask": r}, batch, ids, mask),
-                         jax.random.key(0))["params"]
-  return nn.meta.unbox(boxed)
-
-
 def count_by_component(config) -> dict[str, int]:
-  params = abstract_params(config)
+  params = convert.abstract_params(config)
   size = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
   counts = {c: size(params[c]) for c in COMPONENTS}
   counts["projections_and_scales"] = size({k: v for k, v in params.items() if k not in COMPONENTS})

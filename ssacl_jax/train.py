@@ -22,7 +22,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssacl_jax import (checkpointing, cli, config_lib, data as data_lib, flops, layers, optim,
-                       perf, pretrained, sharding)
+                       perf, pretrained, sharding, state as state_lib)
 from ssacl_jax.metric_writers import MetricWriter
 from ssacl_jax.models import ssacl
 
@@ -58,7 +58,7 @@ def pretraining_task(config, mesh, batch_sharding, workdir) -> Task:
     eval_step = jax.jit(make_eval_step(config, setup),
                         in_shardings=(setup.shardings["params"], batch_sharding, replicated,
                                       replicated, replicated),
-                        out_shardings=replicated, compiler_options=compiler_options())
+                        out_shardings=replicated, compiler_options=state_lib.compiler_options())
     def validate(state):
       scores = evaluate_loss(config, eval_step, state, data, mesh, batch_sharding)
       if config.eval.val_generate_examples:
@@ -81,74 +81,7 @@ def make_task(config, mesh, batch_sharding, workdir) -> Task:
   raise ValueError(f"config.task {name!r}: expected 'ssacl' (pretraining) or 'finetune'")
 
 
-# ----------------------------------------------------------------------------- state
-@dataclasses.dataclass
-class StateSetup:
-  """How the train state is laid out: its abstract tree and shardings, and the optimizer."""
-  model: ssacl.SSACL
-  tx: optax.GradientTransformation
-  abstract_state: dict        # ShapeDtypeStructs with shardings
-  shardings: dict
-  init_fn: Callable           # rng -> state, jitted straight into `shardings`
-
-
-def setup_state(config, model, mesh, consts, example_batch=None) -> StateSetup:
-  """Build the state abstractly (eval_shape), derive shardings, jit the initialiser.
-
-  consts: the model's per-run inputs after the batch (SS-ACL: the anatomy tokens);
-  example_batch: a model batch for init (default: SS-ACL's dummy batch).
-  """
-  batch = ssacl.dummy_batch(config, 1) if example_batch is None else example_batch
-
-  def init_params(rng):
-    variables = model.init({"params": rng, "mask": rng}, batch, *consts)
-    return variables["params"]
-
-  boxed = jax.eval_shape(init_params, jax.random.key(0))
-  param_shardings = sharding.logical_shardings(boxed, mesh, config)
-  abstract_params = nn.meta.unbox(boxed)
-  tx = optim.make_optimizer(config, abstract_params)
-
-  def init_state(rng):
-    params = nn.meta.unbox(init_params(rng))
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-
-  abstract = jax.eval_shape(init_state, jax.random.key(0))
-  flat_params = sharding.flatten_by_path({"params": param_shardings})
-  shapes = {k: v.shape for k, v in sharding.flatten_by_path({"params": abstract_params}).items()}
-  # Optimizer moments follow their parameter's sharding (matched by path suffix).
-  flat_params_nokey = {k[1:]: v for k, v in flat_params.items()}
-  shapes_nokey = {k[1:]: v for k, v in shapes.items()}
-  shardings = {
-      "step": NamedSharding(mesh, P()),
-      "params": param_shardings,
-      "opt_state": sharding.match_shardings_by_path(abstract["opt_state"], flat_params_nokey,
-                                                    shapes_nokey, mesh),
-  }
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-  init_fn = jax.jit(init_state, out_shardings=shardings, compiler_options=compiler_options())
-  return StateSetup(model, tx, abstract, shardings, init_fn)
-
-
 # ----------------------------------------------------------------------------- step
-def compiler_options() -> dict | None:
-  """XLA options for the jitted train/eval steps, per backend.
-
-  XLA:CPU: the memory-optimized instruction scheduler instead of the default
-  concurrency-optimized one. On the paper config (batch 4, 2 cores) the step's temporary
-  buffers shrink from 4.8 to 3.2 GiB (7.3 to 5.4 GiB at batch 8) at the same or slightly
-  better step time (bench/RESULTS.md, "CPU utilisation"): the dots already use every core
-  internally, so running independent ops concurrently buys little and costs memory. The
-  schedule only orders the same ops, so results are unchanged.
-  """
-  if jax.default_backend() == "cpu":
-    # = XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false; as a compile
-    # option only the enum field takes effect.
-    return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
-  return None
-
-
 def release_freed_host_memory() -> None:
   """Hands the heap pages freed since the last call back to the OS (glibc malloc_trim).
 
@@ -202,7 +135,7 @@ def make_loss_fn(config, model, param_shardings=None):
   return loss_fn
 
 
-def make_train_step(config, setup: StateSetup, loss_terms=ssacl.LOSS_NAMES):
+def make_train_step(config, setup: state_lib.StateSetup, loss_terms=ssacl.LOSS_NAMES):
   """train_step(state, batch, *consts, base_key) -> (state, metrics).
 
   The masking key of step s (microbatch i) is fold_in(fold_in(base_key, s), i); dropout,
@@ -249,7 +182,7 @@ def make_train_step(config, setup: StateSetup, loss_terms=ssacl.LOSS_NAMES):
   return train_step
 
 
-def make_eval_step(config, setup: StateSetup):
+def make_eval_step(config, setup: state_lib.StateSetup):
   model, rules = setup.model, sharding.rules(config)
   compute_dtype = ssacl.dtype_from_name(config.model.dtype)
 
@@ -447,7 +380,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     t = config.train
 
     # Sharded state.
-    setup = setup_state(config, task.model, mesh, task.consts, task.example_batch)
+    setup = state_lib.setup_state(config, task.model, mesh, task.consts, task.example_batch)
     ckpt = checkpointing.Checkpointer(workdir, config)
     state = setup.init_fn(jax.random.key(t.seed))
   with goodput.timing("restore"):
@@ -463,7 +396,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         in_shardings=(setup.shardings, batch_sharding, *consts_shardings, replicated,
                       replicated),
         out_shardings=(setup.shardings, replicated, replicated), donate_argnums=(0,),
-        compiler_options=compiler_options())
+        compiler_options=state_lib.compiler_options())
     validate = task.make_validate(setup, mesh, batch_sharding)
     base_key = jax.random.key(t.seed)
     record = jax.device_put(no_nonfinite_step(len(task.loss_terms)), replicated)

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssacl_jax import checkpointing, sharding, train
+from ssacl_jax import checkpointing, sharding, state as state_lib
 from ssacl_jax.models import ssacl
 from test_model import random_batch
 from tiny_config import tiny_config
@@ -15,7 +15,7 @@ def state_on(config, mesh_shape, seed=0):
   config.checkpoint.async_save = False
   mesh = sharding.make_mesh(config)
   _, tokens = random_batch(config, 2)
-  setup = train.setup_state(config, ssacl.build_model(config.model), mesh, tokens)
+  setup = state_lib.setup_state(config, ssacl.build_model(config.model), mesh, tokens, ssacl.dummy_batch(config, 1))
   return config, setup, setup.init_fn(jax.random.key(seed))
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssacl_jax import checkpointing, config_lib, finetune, sharding, train
+from ssacl_jax import checkpointing, config_lib, finetune, sharding, state as state_lib, train
 from ssacl_jax.models import finetune as models
 from tiny_finetune_config import tiny_finetune_config
 
@@ -74,7 +74,7 @@ def test_classification_scores_name_every_class():
 def _setup(config, kind):
   mesh = sharding.make_mesh(config)
   model = models.build_model(config, 14)
-  setup = train.setup_state(config, model, mesh, (), models.dummy_batch(config, 14, 1))
+  setup = state_lib.setup_state(config, model, mesh, (), models.dummy_batch(config, 14, 1))
   batch = models.dummy_batch(config, 14, 8)
   rng = np.random.default_rng(0)
   batch["image"] = rng.normal(size=batch["image"].shape).astype(np.float32)

@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import ssacl_vitb16
-from ssacl_jax import layers, param_count, sharding, train
+from ssacl_jax import convert, layers, param_count, sharding, train
 from ssacl_jax.models import ssacl
 from tiny_config import tiny_config
 
@@ -251,7 +251,7 @@ def test_paper_config_weight_decay_follows_the_release_rule():
   """The release exempts its 1-D tensors (LayerNorm scales and biases) and biases, nothing
   else; the rule reads per-layer shapes, so the scanned layout gives the same mask."""
   from ssacl_jax import convert, optim
-  params = param_count.abstract_params(ssacl_vitb16.get_config())
+  params = convert.abstract_params(ssacl_vitb16.get_config())
   decayed = {"image_encoder/cls", "image_decoder/mask_token", "logit_scale", "visible_w",
              "text_encoder/word_embed/embedding", "text_encoder/pos_embed/embedding",
              "text_encoder/type_embed/embedding", "report_decoder/wte/embedding",

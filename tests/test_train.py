@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssacl_jax import flops, train
+from ssacl_jax import flops, state as state_lib, train
 from tiny_config import tiny_config
 
 PEAK = 1e9   # a made-up per-device peak, so the CPU runs log MFU
@@ -103,7 +103,7 @@ def test_non_finite_step_is_refused_and_recorded_on_the_device(tiny_data_dir):
   mesh = sharding.make_mesh(config)
   model = ssacl.build_model(config.model)
   batch, tokens = random_batch(config, 8)
-  setup = train.setup_state(config, model, mesh, tokens)
+  setup = state_lib.setup_state(config, model, mesh, tokens, ssacl.dummy_batch(config, 1))
   state = setup.init_fn(jax.random.key(0))
   before = jax.device_get(state["params"])
   good = dict(batch)
@@ -150,8 +150,8 @@ def test_nan_at_step_k_is_named_at_the_next_sync_and_nothing_newer_is_saved(
   traces = list((tmp_path / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
 
-  setup = train.setup_state(config, ssacl.build_model(config.model), sharding.make_mesh(config),
-                            ssacl.dummy_anatomy_tokens(config))
+  setup = state_lib.setup_state(config, ssacl.build_model(config.model), sharding.make_mesh(config),
+                            ssacl.dummy_anatomy_tokens(config), ssacl.dummy_batch(config, 1))
   restore = lambda w: jax.device_get(checkpointing.Checkpointer(w, config, read_only=True)
                                      .restore(2, setup.abstract_state))
   jax.tree.map(np.testing.assert_array_equal, restore(uninterrupted), restore(tmp_path))
@@ -166,7 +166,7 @@ def test_gradient_accumulation_averages_microbatch_losses(tiny_data_dir):
   mesh = sharding.make_mesh(config)
   model = ssacl.build_model(config.model)
   batch, tokens = random_batch(config, 16)
-  setup = train.setup_state(config, model, mesh, tokens)
+  setup = state_lib.setup_state(config, model, mesh, tokens, ssacl.dummy_batch(config, 1))
   state = setup.init_fn(jax.random.key(0))
   params = jax.device_get(state["params"])
   base_key = jax.random.key(1)
