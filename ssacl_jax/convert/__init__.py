@@ -12,8 +12,7 @@
 """
 from ssacl_jax.convert.conversion import KINDS, abstract_params, convert, convert_tensors, set_position_tables
 from ssacl_jax.convert.tensors import ConversionError, Report, Tensors, flatten
-from ssacl_jax.convert.writing import merge_into, run, write_checkpoint
+from ssacl_jax.convert.writing import merge_into, run
 
 __all__ = ["KINDS", "ConversionError", "Report", "Tensors", "abstract_params", "convert",
-           "convert_tensors", "flatten", "merge_into", "run", "set_position_tables",
-           "write_checkpoint"]
+           "convert_tensors", "flatten", "merge_into", "run", "set_position_tables"]

@@ -139,10 +139,9 @@ def convert(kind: str, src, config, *, parts=None, allow_missing: bool = False,
   parts: None (everything the source provides) or a tuple of ssacl.PARTS. Raises
   ConversionError naming the tensors / parameters / shapes when something does not fit.
   """
-  source = _source(kind)
   report = Report(kind, str(src))
-  t = Tensors(source.read(src, config, report))
-  tree = source.to_parts(t, config.model, report)
+  t = Tensors(_source(kind).read(src, config, report))
+  tree = convert_tensors(kind, t, config.model, report)
   if parts is not None:
     _keep_parts(tree, t, parts, src, kind)
   report.parts = tuple(tree)
