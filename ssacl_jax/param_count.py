@@ -12,9 +12,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ssacl_jax import convert
+from ssacl_jax.models import ssacl
 
-
-COMPONENTS = ("image_encoder", "image_decoder", "text_encoder", "report_decoder")
+COMPONENTS = tuple(ssacl.CONFIG_SECTION)  # the networks; the other parts are projections and scalars
 
 
 def count_by_component(config) -> dict[str, int]:

@@ -6,7 +6,7 @@
   --config.init.parts=auto      top-level parameter groups to take: 'auto' (a converted
                                 checkpoint's converted parts, all of a workdir's, and what
                                 init.gpt2 / init.mae provide), 'all', or a comma list of
-                                ssacl_jax.convert.PARTS
+                                ssacl_jax.models.ssacl.PARTS
   --config.init.gpt2=FOLDER     a Hugging Face GPT-2 folder, converted on the fly ->
                                 report_decoder
   --config.init.mae=FILE.pth    an MAE checkpoint, converted on the fly -> image_encoder
@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ssacl_jax import checkpointing, config_lib, convert, layers
+from ssacl_jax.models import ssacl
 from ssacl_jax.models.image import position_table
 
 # What each on-the-fly source can provide.
@@ -56,8 +57,8 @@ def load_initial_params(config, abstract_params, fresh_params) -> dict:
   """
   init = config.init
   try:
-    wanted = convert.parse_parts(init.parts)
-  except convert.ConversionError as e:
+    wanted = ssacl.parse_parts(init.parts)
+  except ValueError as e:
     raise InitError(f"config.init.parts={init.parts!r}: {e}") from e
   params, origin, offered = dict(fresh_params), {}, {}
   if init.checkpoint:
@@ -83,7 +84,7 @@ def load_initial_params(config, abstract_params, fresh_params) -> dict:
       raise InitError(f"config.init.parts asks for {', '.join(absent)}, which no init source "
                       "provides (" + "; ".join(f"{k} gives {', '.join(v) or 'nothing'}"
                                                for k, v in offered.items()) + ")")
-  for part in convert.PARTS:
+  for part in ssacl.PARTS:
     logging.info("init: %-15s %s", part, origin.get(part, "fresh initialisation"))
   return params
 
@@ -113,7 +114,7 @@ def _from_checkpoint(config, path, step, wanted, abstract_params, fresh_params):
   stored = ckpt.checkpoint_tree(step)["params"]
   converted = ckpt.read_meta(step).get("converted")
   available = tuple(converted["parts"]) if converted else tuple(
-      p for p in convert.PARTS if p in stored)
+      p for p in ssacl.PARTS if p in stored)
   if wanted is None:  # auto: what the checkpoint offers and the model has
     parts = tuple(p for p in available if p in abstract_params)
   else:
@@ -169,7 +170,12 @@ def _saved_position_tables(path, parts) -> dict:
 
 
 def _check_position_tables(config, found: dict, source: str) -> None:
-  problems = convert.position_table_problems(config, found, source)
+  """Fails, with the fix, where `found` ({part: formula} of a source) disagrees with the
+  config."""
+  problems = [f"{source} has the {formula!r} position table for {part}, but "
+              f"config.model.position_tables.{part} is {position_table(config.model, part)!r}: "
+              f"set --config.model.position_tables.{part}={formula}"
+              for part, formula in found.items() if formula != position_table(config.model, part)]
   if problems:
     raise InitError("\n".join(problems))
 

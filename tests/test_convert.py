@@ -297,7 +297,7 @@ def test_release_report_accounts_for_every_tensor(release):
              if s.startswith("bert_encoder.model.cls."))
   mapped = {s for row in report.mapped for s in row[0].split(", ")}
   assert mapped | set(skipped) == set(model.state_dict())
-  assert set(report.parts) == set(convert.PARTS)
+  assert set(report.parts) == set(ssacl.PARTS)
   want = jax.tree.map(lambda x: x.shape, convert.abstract_params(config))
   assert jax.tree.map(lambda x: x.shape, params) == want
   text = report.text()
@@ -666,7 +666,7 @@ def test_converted_checkpoint_feeds_config_init(release, tmp_path, capsys):
   assert "conversion report: kind=ssacl_release" in printed and "wrote " in printed
   assert (out / "config.json").is_file() and (out / "conversion_report.txt").is_file()
   meta = checkpointing.Checkpointer(out, config, read_only=True).read_meta(0)
-  assert meta["converted"]["parts"] == list(convert.PARTS)
+  assert meta["converted"]["parts"] == list(ssacl.PARTS)
 
   abstract, fresh = convert.abstract_params(config), fresh_params(config, seed=5)
   config.init.checkpoint = str(out)
@@ -743,7 +743,7 @@ def test_import_without_torch_paths():
   t = convert.Tensors(arrays)
   report = convert.Report("ssacl_release", "memory")
   tree = convert.convert_tensors("ssacl_release", t, config.model, report)
-  assert not t.unaccounted() and set(tree) == set(convert.PARTS)
+  assert not t.unaccounted() and set(tree) == set(ssacl.PARTS)
 
 
 # ----------------------------------------------------------------------------- train / eval
@@ -791,5 +791,5 @@ def test_converted_gpt2_checkpoint_gives_only_the_decoder(hf_gpt2, tmp_path):
   loaded = pretrained.load_initial_params(config, abstract, fresh)
   np.testing.assert_array_equal(loaded["report_decoder"]["wpe"]["embedding"],
                                 gpt.transformer.wpe.weight.detach().numpy())
-  for part in set(convert.PARTS) - {"report_decoder"}:  # fresh in the file: not taken
+  for part in set(ssacl.PARTS) - {"report_decoder"}:  # fresh in the file: not taken
     jax.tree.map(np.testing.assert_array_equal, loaded[part], fresh[part])

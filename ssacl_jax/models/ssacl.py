@@ -22,6 +22,29 @@ from ssacl_jax.models.text import TextEncoder
 
 LOSS_NAMES = ("ir", "cl", "lm", "ar", "ac")
 
+# The top-level parameter groups, in the order SSACL.setup creates them: what the converter
+# maps, config.init.parts selects and the logs name.
+PARTS = ("image_encoder", "image_decoder", "text_encoder", "report_decoder", "image_to_text",
+         "text_to_query", "to_decoder", "visible_w", "visible_b", "logit_scale")
+# The networks among PARTS and their section of config.model (the rest are projections and
+# scalars).
+CONFIG_SECTION = {"image_encoder": "encoder", "image_decoder": "image_decoder",
+                  "text_encoder": "text", "report_decoder": "report"}
+
+
+def parse_parts(spec: str) -> tuple[str, ...] | None:
+  """'a,b' -> (a, b); 'all' -> PARTS; '' or 'auto' -> None (whatever the source gives)."""
+  spec = (spec or "").strip()
+  if spec in ("", "auto"):
+    return None
+  if spec == "all":
+    return PARTS
+  names = tuple(p.strip() for p in spec.split(",") if p.strip())
+  bad = [p for p in names if p not in PARTS]
+  if bad:
+    raise ValueError(f"unknown part(s) {', '.join(bad)}; valid: all, auto, {', '.join(PARTS)}")
+  return names
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
