@@ -165,7 +165,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.init = i = ml_collections.ConfigDict()
   i.checkpoint = ""            # `python -m ssacl_jax.convert` --out, or a training workdir
   i.step = -1                  # its step; -1: latest
-  i.parts = "auto"             # 'auto', 'all' or a comma list (ssacl_jax.convert.PARTS)
+  i.parts = "auto"             # 'auto', 'all' or a comma list (ssacl_jax.models.ssacl.PARTS)
   i.gpt2 = ""                  # Hugging Face GPT-2 folder -> report_decoder
   i.mae = ""                   # MAE .pth -> image_encoder (+ image_decoder when present)
   i.required = ""              # comma list of the above that training needs (paper: gpt2,mae)

@@ -17,7 +17,7 @@ import numpy as np
 
 from input_pipeline import build, builders, features, pipeline, tokenizers as tok_lib
 from input_pipeline.builders import common
-from ssacl_jax import convert
+from ssacl_jax.models import ssacl
 
 
 def _on_process_zero_then_sync(fn, name: str):
@@ -98,7 +98,7 @@ def decoder_tokenizer_source(config) -> str:
     return ""
   if init.gpt2:
     return str(init.gpt2)
-  takes_decoder = "report_decoder" in (convert.parse_parts(init.parts) or ("report_decoder",))
+  takes_decoder = "report_decoder" in (ssacl.parse_parts(init.parts) or ("report_decoder",))
   saved = pathlib.Path(str(init.checkpoint)) / "config.json"
   if not (init.checkpoint and takes_decoder and saved.is_file()):
     return ""
