@@ -15,3 +15,5 @@ The modules, in the order an example is made:
   example   the random streams and the example itself
 """
 from input_pipeline.synthetic.example import Plan, generate_example, plan, render_finding_free
+
+__all__ = ["Plan", "generate_example", "plan", "render_finding_free"]
