@@ -30,8 +30,6 @@ from ssacl_jax import anatomy
 # Label values: the CheXpert labeler's.
 POSITIVE, NEGATIVE, UNCERTAIN, NOT_MENTIONED = 1, 0, -1, -2
 
-TEXT_FIELDS = ("report", "findings", "impression", "prompt", "study_id", "view")
-
 
 def example_features():
   import tensorflow_datasets as tfds

@@ -22,9 +22,8 @@ import os
 import pathlib
 
 from input_pipeline.tokenizers.base import Tokenizer, TokenizerPair, anatomy_tokens, encode_text
-from input_pipeline.tokenizers.gpt2_bpe import (GPT2_EOT, GPT2_FILES, GPT2_PATTERN,
-                                                Gpt2BpeTokenizer, bytes_to_unicode,
-                                                gpt2_pretokenizer)
+from input_pipeline.tokenizers.gpt2_bpe import (GPT2_EOT, GPT2_FILES, Gpt2BpeTokenizer,
+                                                bytes_to_unicode, gpt2_pretokenizer)
 from input_pipeline.tokenizers.hf_json import hf_model_type
 from input_pipeline.tokenizers.sentencepiece import (BOS_ID, EOS_ID, PAD_ID, UNK_ID,
                                                      SentencePieceTokenizer, ensure_tokenizers,
@@ -55,7 +54,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
                    "or gpt2.tiktoken)")
 
 
-__all__ = ["BOS_ID", "EOS_ID", "GPT2_EOT", "GPT2_FILES", "GPT2_PATTERN", "PAD_ID", "UNK_ID",
+__all__ = ["BOS_ID", "EOS_ID", "GPT2_EOT", "GPT2_FILES", "PAD_ID", "UNK_ID",
            "Gpt2BpeTokenizer", "SentencePieceTokenizer", "Tokenizer", "TokenizerPair",
            "WordPieceTokenizer", "anatomy_tokens", "bytes_to_unicode", "encode_text",
            "ensure_tokenizers", "gpt2_pretokenizer", "load_tokenizer", "train_sentencepiece"]

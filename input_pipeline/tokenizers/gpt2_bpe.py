@@ -39,10 +39,6 @@ def bytes_to_unicode() -> dict[int, str]:
   return dict(zip(bs, map(chr, cs)))
 
 
-GPT2_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|"""
-                r"""\s+(?!\S)|\s+""")
-
-
 @functools.cache
 def gpt2_pretokenizer() -> re.Pattern:
   """GPT-2's pre-tokenisation regex for the standard `re` module.
