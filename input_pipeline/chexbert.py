@@ -39,8 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from input_pipeline import labeler as labeler_lib
-from input_pipeline import tokenizers
+from input_pipeline import features, tokenizers
 from ssacl_jax import anatomy
 
 NAME = "chexbert"
@@ -60,8 +59,8 @@ CONDITIONS: tuple[str, ...] = (
 HEAD_CLASSES: tuple[int, ...] = (4,) * 13 + (2,)
 NUM_LOGITS = sum(HEAD_CLASSES)
 # CheXbert class (0 blank, 1 positive, 2 negative, 3 uncertain) -> the labels' schema.
-CLASS_TO_LABEL = np.array([labeler_lib.NOT_MENTIONED, labeler_lib.POSITIVE,
-                           labeler_lib.NEGATIVE, labeler_lib.UNCERTAIN], np.int8)
+CLASS_TO_LABEL = np.array([features.NOT_MENTIONED, features.POSITIVE, features.NEGATIVE,
+                           features.UNCERTAIN], np.int8)
 _COLUMNS = np.array([anatomy.PATHOLOGY_INDEX[c] for c in CONDITIONS])
 
 

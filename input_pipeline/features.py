@@ -27,10 +27,8 @@ import numpy as np
 
 from ssacl_jax import anatomy
 
-NOT_MENTIONED = -2
-UNCERTAIN = -1
-
-TEXT_FIELDS = ("report", "findings", "impression", "prompt", "study_id", "view")
+# Label values: the CheXpert labeler's.
+POSITIVE, NEGATIVE, UNCERTAIN, NOT_MENTIONED = 1, 0, -1, -2
 
 
 def example_features():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from input_pipeline import pipeline, transforms
+from input_pipeline import bad_records, pipeline, transforms
 
 
 def prepare(record: dict) -> dict:
@@ -48,11 +48,11 @@ def example(prepared: dict, opts: pipeline.DataOptions, with_mask: bool,
   return out
 
 
-def _read(source, index: int, tracker: pipeline.SkipTracker):
+def _read(source, index: int, tracker: bad_records.SkipTracker):
   """The prepared record, or None (counted and logged with its image_id) when unusable."""
   record = None
   try:
-    record = pipeline.read_record(source, index)
+    record = bad_records.read_record(source, index)
     prepared = prepare(record)
   except transforms.BadRecord as e:
     image_id = (record or {}).get("image_id", "?")
@@ -105,8 +105,8 @@ def make_train_dataset(source, config, *, with_mask: bool, seed: int, process_in
   opts = pipeline.DataOptions.from_config(config)
   if len(source) == 0:
     raise ValueError("training source is empty")
-  tracker = pipeline.SkipTracker(opts.max_skip_fraction, opts.skip_check_min_records,
-                                 name=f"finetune train process {process_index}")
+  tracker = bad_records.SkipTracker(opts.max_skip_fraction, opts.skip_check_min_records,
+                                    name=f"finetune train process {process_index}")
   fn = _TrainMap(source, len(source), seed % 2**32, opts, with_mask, tracker)
   return pipeline.shuffled_stream(len(source), fn, seed % 2**32, process_index, process_count,
                                   batch_size, opts), tracker
@@ -116,8 +116,8 @@ def make_eval_iterator(source, config, *, with_mask: bool, num_classes: int,
                        process_index: int = 0, process_count: int = 1, batch_size: int):
   """One ordered pass (pipeline.ordered_stream); `valid` marks the real rows."""
   opts = pipeline.DataOptions.from_config(config)
-  tracker = pipeline.SkipTracker(opts.max_skip_fraction, opts.skip_check_min_records,
-                                 name=f"finetune eval process {process_index}")
+  tracker = bad_records.SkipTracker(opts.max_skip_fraction, opts.skip_check_min_records,
+                                    name=f"finetune eval process {process_index}")
   n = len(source)
   fn = _EvalMap(source, range(process_index, n, process_count), opts, with_mask,
                 num_classes, tracker)

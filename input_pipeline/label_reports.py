@@ -18,12 +18,13 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from absl import app, flags
 
+from input_pipeline import features
 from input_pipeline import labeler as labeler_lib
 from ssacl_jax import anatomy
 
 REPORTS = "Reports"
-_CELL = {labeler_lib.POSITIVE: "1.0", labeler_lib.NEGATIVE: "0.0",
-         labeler_lib.UNCERTAIN: "-1.0", labeler_lib.NOT_MENTIONED: ""}
+_CELL = {features.POSITIVE: "1.0", features.NEGATIVE: "0.0", features.UNCERTAIN: "-1.0",
+         features.NOT_MENTIONED: ""}
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

@@ -42,9 +42,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from input_pipeline.features import NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN
 from ssacl_jax import anatomy
-
-POSITIVE, NEGATIVE, UNCERTAIN, NOT_MENTIONED = 1, 0, -1, -2
 
 # The labelers (config.eval.labeler, label_reports --labeler); each one's `name` is one of
 # these, and metrics.json's protocol records it.

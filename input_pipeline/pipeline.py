@@ -5,20 +5,21 @@
 file bytes): a TFDS array_record data source, a list in tests.
 
 Training (`make_train_iterator`): records are shuffled per epoch with a seed shared by all
-processes and repeated forever; all processes cut one global
-stream in blocks of the per-process batch b (process p takes rows [p*b, (p+1)*b) of every
-global batch), so the processes read disjoint records that together cover the set, and
-the assembled global batch is the one a single process would read. Each example is transformed with its own generator seeded by (seed, record index,
-epoch): the stream is a pure function of the seed, and `get_state()` / `set_state()` of
-the returned Grain iterator resume it exactly. Batches hold the per-process share
-(global batch // process_count) of the CONTRACTS "Model batch".
+processes and repeated forever; all processes cut one global stream in blocks of the
+per-process batch b (process p takes rows [p*b, (p+1)*b) of every global batch), so the
+processes read disjoint records that together cover the set, and the assembled global
+batch is the one a single process would read. Each example is transformed with its own
+generator seeded by (seed, record index, epoch): the stream is a pure function of the
+seed, and `get_state()` / `set_state()` of the returned Grain iterator resume it exactly.
+Batches hold the per-process share (global batch // process_count) of the CONTRACTS
+"Model batch".
 
 Bad records never stop a run silently: a record whose image or report cannot be read
 (zero bytes, truncated or unreadable file, empty or non-UTF-8 report, ...) is logged with
 its index and study_id, counted and dropped inside the dataset (batches stay full);
 when more than `max_skip_fraction` of the records seen so far were dropped (once at least
-`skip_check_min_records` were seen), the pipeline raises `TooManyBadRecords`. 16-bit,
-RGBA, palette and DICOM images are converted, not dropped.
+`skip_check_min_records` were seen), the pipeline raises `bad_records.TooManyBadRecords`.
+16-bit, RGBA, palette and DICOM images are converted, not dropped.
 
 Evaluation (`make_eval_iterator`): no augmentation, no repeat, source order; every
 process yields the same number of full batches, the tail padded, and `valid` marks the
@@ -48,26 +49,18 @@ Config fields read (config.data unless noted; defaults in brackets where optiona
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
-from input_pipeline import transforms
+from input_pipeline import bad_records, transforms
 from ssacl_jax import anatomy
-
-log = logging.getLogger(__name__)
 
 TRAIN_KEYS = ("image", "text_ids", "text_mask", "dec_ids", "dec_mask", "dec_loss_mask",
               "leaf_mask", "labels")
-
-
-class TooManyBadRecords(RuntimeError):
-  """More bad records than `config.data.max_skip_fraction` allows."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,90 +115,7 @@ def _tokenizer_pair(tokenizers):
 
 
 # ----------------------------------------------------------------------------------------
-# Bad-record accounting
-
-
-class SkipTracker:
-  """Counts records seen and dropped; raises once too many were dropped.
-
-  Each bad record is named in one warning (the first time it is met, for up to
-  `max_named` distinct records; later epochs only count it). One tracker per dataset,
-  and per worker process when Grain uses workers (each enforces the fraction over the
-  records it read, and the main process's copy then stays at zero). Thread-safe.
-  """
-
-  def __init__(self, max_fraction: float, min_records: int, name: str = "data",
-               max_named: int = 1000):
-    self.max_fraction = float(max_fraction)
-    self.min_records = int(min_records)
-    self.name = name
-    self.max_named = int(max_named)
-    self.seen = 0
-    self.skipped = 0
-    self._named: set[int] = set()
-    self._lock = threading.Lock()
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    del state["_lock"]
-    return state
-
-  def __setstate__(self, state):
-    self.__dict__.update(state)
-    self._lock = threading.Lock()
-
-  @property
-  def fraction(self) -> float:
-    return self.skipped / self.seen if self.seen else 0.0
-
-  def ok(self) -> None:
-    with self._lock:
-      self.seen += 1
-      self._check()
-
-  def skip(self, index: int, study_id: str, error: Exception) -> None:
-    with self._lock:
-      self.seen += 1
-      self.skipped += 1
-      if index not in self._named and len(self._named) < self.max_named:
-        self._named.add(index)
-        log.warning("%s: skipping bad record %d (study_id %r): %s [%d of %d records "
-                    "skipped so far]", self.name, index, study_id, error, self.skipped,
-                    self.seen)
-        if len(self._named) == self.max_named:
-          log.warning("%s: %d bad records named; further ones are counted, not named",
-                      self.name, self.max_named)
-      self._check()
-
-  def _check(self) -> None:
-    if self.seen >= self.min_records and self.fraction > self.max_fraction:
-      raise TooManyBadRecords(
-          f"{self.name}: {self.skipped} of {self.seen} records ({self.fraction:.1%}) were "
-          f"unreadable, more than config.data.max_skip_fraction={self.max_fraction}; see "
-          "the warnings above for which records and why")
-
-
-# ----------------------------------------------------------------------------------------
 # Records -> examples
-
-
-def read_record(source, index: int) -> dict:
-  """source[index], with any reader failure (e.g. an image the source cannot decode)
-  turned into BadRecord."""
-  try:
-    record = source[int(index)]
-  except Exception as e:
-    raise transforms.BadRecord(f"cannot read record: {type(e).__name__}: {e}") from e
-  if not isinstance(record, dict):
-    raise transforms.BadRecord(f"record is a {type(record).__name__}, not a dict")
-  return record
-
-
-def study_id_of(record: dict | None) -> str:
-  try:
-    return transforms.decode_text(record.get("study_id", ""), "study_id")
-  except Exception:
-    return "?"
 
 
 def prepare_record(record: dict) -> dict:
@@ -227,7 +137,7 @@ def prepare_record(record: dict) -> dict:
             else transforms.decode_text(prompt, "prompt"))
   out = {"grey": grey, "report": report, "prompt": transforms.clean_text(prompt),
          "labels": labels, "leaf_mask": transforms.leaf_mask_from_region_vector(regions),
-         "study_id": study_id_of(record)}
+         "study_id": bad_records.study_id_of(record)}
   for key, shape in (("leaf_boxes", (anatomy.NUM_LEAVES, 4)),
                      ("finding_boxes", (anatomy.NUM_PATHOLOGIES, 4))):
     value = record.get(key)
@@ -329,15 +239,15 @@ def stack_examples(examples: Sequence[dict]) -> dict:
   return out
 
 
-def read_prepared(source, record_index: int, tracker: SkipTracker):
+def read_prepared(source, record_index: int, tracker: bad_records.SkipTracker):
   """(prepared record, raw record); prepared is None, and the skip counted and logged,
   when the record is unusable."""
   record = None
   try:
-    record = read_record(source, record_index)
+    record = bad_records.read_record(source, record_index)
     prepared = prepare_record(record)
   except transforms.BadRecord as e:
-    tracker.skip(record_index, study_id_of(record), e)
+    tracker.skip(record_index, bad_records.study_id_of(record), e)
     return None, record
   tracker.ok()
   return prepared, record
@@ -347,7 +257,7 @@ class _TrainMap:
   """(stream position, record index) -> training example, or None for a bad record."""
 
   def __init__(self, source, num_records: int, seed: int, opts: DataOptions, text_tok,
-               decoder_tok, tracker: SkipTracker):
+               decoder_tok, tracker: bad_records.SkipTracker):
     self.source, self.num_records, self.seed = source, num_records, seed
     self.opts, self.text_tok, self.decoder_tok = opts, text_tok, decoder_tok
     self.tracker = tracker
@@ -366,7 +276,7 @@ class _EvalMap:
   """padded local position -> eval example (blank + invalid for padding/bad records)."""
 
   def __init__(self, source, indices: range, opts: DataOptions, text_tok, decoder_tok,
-               tracker: SkipTracker, use_prompt: bool):
+               tracker: bad_records.SkipTracker, use_prompt: bool):
     self.source, self.indices, self.opts = source, indices, opts
     self.text_tok, self.decoder_tok = text_tok, decoder_tok
     self.tracker, self.use_prompt = tracker, use_prompt
@@ -378,7 +288,7 @@ class _EvalMap:
     prepared, record = read_prepared(self.source, record_index, self.tracker)
     if prepared is None:
       blank = blank_eval_example(self.opts)
-      blank["study_id"] = study_id_of(record) if record is not None else ""
+      blank["study_id"] = bad_records.study_id_of(record) if record is not None else ""
       return blank
     return eval_example(prepared, self.opts, self.text_tok, self.decoder_tok,
                         self.use_prompt)
@@ -410,7 +320,7 @@ def _finish(ds: grain.MapDataset, opts: DataOptions, batch_size: int,
 def make_train_dataset(source, config, tokenizers, process_index: int = 0,
                        process_count: int = 1, seed: int | None = None,
                        batch_size: int | None = None
-                       ) -> tuple[grain.IterDataset, SkipTracker]:
+                       ) -> tuple[grain.IterDataset, bad_records.SkipTracker]:
   """The training IterDataset (iterate it for batches) and its bad-record tracker.
 
   batch_size: per-process batch; default config.train.global_batch_size // process_count.
@@ -425,8 +335,8 @@ def make_train_dataset(source, config, tokenizers, process_index: int = 0,
   seed = int(opts.shuffle_seed if seed is None else seed) % 2**32
   if batch_size is None:
     batch_size = _local_batch_size(int(config.train.global_batch_size), process_count)
-  tracker = SkipTracker(opts.max_skip_fraction, opts.skip_check_min_records,
-                        name=f"train process {process_index}")
+  tracker = bad_records.SkipTracker(opts.max_skip_fraction, opts.skip_check_min_records,
+                                    name=f"train process {process_index}")
   fn = _TrainMap(source, n, seed, opts, text_tok, decoder_tok, tracker)
   return shuffled_stream(n, fn, seed, process_index, process_count, batch_size, opts), tracker
 
@@ -487,14 +397,15 @@ def eval_num_batches(num_records: int, batch_size: int, process_count: int) -> i
 
 def make_eval_dataset(source, config, tokenizers, process_index: int = 0,
                       process_count: int = 1, batch_size: int | None = None,
-                      use_prompt: bool = False) -> tuple[grain.IterDataset, SkipTracker]:
+                      use_prompt: bool = False
+                      ) -> tuple[grain.IterDataset, bad_records.SkipTracker]:
   opts = DataOptions.from_config(config)
   text_tok, decoder_tok = _tokenizer_pair(tokenizers)
   if batch_size is None:
     batch_size = _local_batch_size(int(config.eval.batch_size), process_count)
   n = len(source)
-  tracker = SkipTracker(opts.max_skip_fraction, opts.skip_check_min_records,
-                        name=f"eval process {process_index}")
+  tracker = bad_records.SkipTracker(opts.max_skip_fraction, opts.skip_check_min_records,
+                                    name=f"eval process {process_index}")
   fn = _EvalMap(source, range(process_index, n, process_count), opts, text_tok, decoder_tok,
                 tracker, use_prompt)
   return ordered_stream(n, fn, batch_size, process_count, opts), tracker

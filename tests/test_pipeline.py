@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 from PIL import Image
 
-from input_pipeline import features, pipeline, tokenizers as T, transforms as X
+from input_pipeline import bad_records, features, pipeline, tokenizers as T, transforms as X
 from ssacl_jax import anatomy
 
 SENTENCES = [
@@ -473,11 +473,11 @@ def test_too_many_bad_records_fails_clearly(toks):
   records = [make_record(i) for i in range(20)]
   records += [make_record(i, image=b"", study_id=f"bad{i}") for i in range(5)]
   cfg = make_config(max_skip_fraction=0.1, skip_check_min_records=10)
-  with pytest.raises(pipeline.TooManyBadRecords, match="max_skip_fraction=0.1"):
+  with pytest.raises(bad_records.TooManyBadRecords, match="max_skip_fraction=0.1"):
     take(pipeline.make_train_iterator(records, cfg, toks, batch_size=1), 40)
   # Every record bad: an error, not an endless search for a good one.
   cfg = make_config(skip_check_min_records=10)
-  with pytest.raises(pipeline.TooManyBadRecords, match="10 of 10 records"):
+  with pytest.raises(bad_records.TooManyBadRecords, match="10 of 10 records"):
     next(pipeline.make_train_iterator(records[20:], cfg, toks, batch_size=1))
   # Tolerated below the threshold (20% bad; after the first epoch the running fraction
   # stays below 10 / 30).

@@ -8,11 +8,13 @@ import pytest
 
 from input_pipeline import features
 from input_pipeline import synthetic
+from input_pipeline.synthetic import example, findings, phrases, report
 from ssacl_jax import anatomy
 
 P = anatomy.PATHOLOGIES
 IDX = anatomy.PATHOLOGY_INDEX
 DRAWABLE = tuple(p for p in P if p != "No Finding")
+TEXT_FIELDS = ("report", "findings", "impression", "prompt", "study_id", "view")
 SIZE = 128  # small enough to be quick, large enough for the half-size rasteriser
 
 
@@ -66,12 +68,12 @@ def test_negative_seed_is_rejected():
 
 
 def test_keys_dtypes_and_shapes_match_the_features_schema(examples):
-  keys = {"image", *features.TEXT_FIELDS, "labels", "regions", "leaf_boxes", "finding_boxes",
+  keys = {"image", *TEXT_FIELDS, "labels", "regions", "leaf_boxes", "finding_boxes",
           "finding_sentences", "has_boxes"}
   for ex in examples:
     assert set(ex) == keys
     assert ex["image"].dtype == np.uint8 and ex["image"].shape == (SIZE, SIZE, 1)
-    for k in features.TEXT_FIELDS:
+    for k in TEXT_FIELDS:
       assert isinstance(ex[k], str)
     assert ex["labels"].dtype == np.int8 and ex["labels"].shape == (anatomy.NUM_PATHOLOGIES,)
     assert set(ex["labels"].tolist()) <= {1, 0, -1, -2}
@@ -259,37 +261,37 @@ def test_sentences_end_with_a_full_stop(examples):
 
 
 def _all_templates():
-  for name, bank in synthetic.FINDING_PHRASES.items():
+  for name, bank in phrases.FINDING_PHRASES.items():
     yield from ((name, t) for t in bank)
-  for name, bank in synthetic.DEVICE_PHRASES.items():
+  for name, bank in phrases.DEVICE_PHRASES.items():
     yield from (("Support Devices", t) for t in bank)
-  for name, bank in {**synthetic.HEDGED_PHRASES, **synthetic.IMPRESSION_PHRASES,
-                     **synthetic.HEDGED_IMPRESSIONS}.items():
+  for name, bank in {**phrases.HEDGED_PHRASES, **phrases.IMPRESSION_PHRASES,
+                     **phrases.HEDGED_IMPRESSIONS}.items():
     yield from ((name, t) for t in bank)
 
 
 def test_phrase_bank_has_enough_wordings():
-  assert set(synthetic.FINDING_PHRASES) == set(DRAWABLE) - {"Support Devices"}
-  for name, bank in synthetic.FINDING_PHRASES.items():
+  assert set(phrases.FINDING_PHRASES) == set(DRAWABLE) - {"Support Devices"}
+  for name, bank in phrases.FINDING_PHRASES.items():
     assert len(set(bank)) >= 8, name
-  assert set(synthetic.DEVICE_PHRASES) == set(synthetic.DEVICES)
-  for kind, bank in synthetic.DEVICE_PHRASES.items():
+  assert set(phrases.DEVICE_PHRASES) == set(findings.DEVICES)
+  for kind, bank in phrases.DEVICE_PHRASES.items():
     assert len(set(bank)) >= 8, kind
-  for topic, bank in synthetic.NORMAL_STATEMENTS.items():
+  for topic, bank in phrases.NORMAL_STATEMENTS.items():
     assert len({text for text, _ in bank}) >= 5, topic
-  assert set(synthetic.NEGATION_PHRASES) == set(DRAWABLE) - {"Support Devices"}
-  for name, bank in synthetic.NEGATION_PHRASES.items():
+  assert set(phrases.NEGATION_PHRASES) == set(DRAWABLE) - {"Support Devices"}
+  for name, bank in phrases.NEGATION_PHRASES.items():
     assert len(set(bank)) >= 5, name
-  for name, bank in synthetic.IMPRESSION_PHRASES.items():
+  for name, bank in phrases.IMPRESSION_PHRASES.items():
     assert len(set(bank)) >= 5, name
-  for loc, bank in synthetic._LOCATIONS.items():
+  for loc, bank in phrases.LOCATIONS.items():
     assert len(bank) >= 3, loc
 
 
 def test_templates_are_single_sentences():
   texts = [t for _, t in _all_templates()]
-  texts += [t for bank in synthetic.NEGATION_PHRASES.values() for t in bank]
-  texts += [t for bank in synthetic.NORMAL_STATEMENTS.values() for t, _ in bank]
+  texts += [t for bank in phrases.NEGATION_PHRASES.values() for t in bank]
+  texts += [t for bank in phrases.NORMAL_STATEMENTS.values() for t, _ in bank]
   for t in texts:
     assert t.endswith(".") and t.count(".") == 1, t
 
@@ -310,9 +312,9 @@ _SAMPLE_CTX = dict(loc="right lower lobe", side="right", size="moderate", adv="m
                    leads="in the right atrium", nlead="dual-lead")
 
 
-def _mentions(text, phrases):
+def _mentions(text, vocabulary):
   text = " " + text.lower() + " "
-  return {name for name, ps in phrases.items() if any(p in text for p in ps)}
+  return {name for name, ps in vocabulary.items() if any(p in text for p in ps)}
 
 
 def test_wordings_use_the_chexpert_labelers_vocabulary(shared_data):
@@ -327,14 +329,14 @@ def test_wordings_use_the_chexpert_labelers_vocabulary(shared_data):
     assert not _mentions(text, unmention), text
     if name == "Support Devices":  # device-only studies stay "No Finding"
       assert not _mentions(text, no_finding), text
-  for name, bank in synthetic.NEGATION_PHRASES.items():
+  for name, bank in phrases.NEGATION_PHRASES.items():
     for text in bank:
       assert _mentions(text, mention) == {name}, (name, text)
-  for topic, bank in synthetic.NORMAL_STATEMENTS.items():
+  for topic, bank in phrases.NORMAL_STATEMENTS.items():
     for text, tags in bank:
       assert _mentions(text, mention) == set(tags), (topic, text)
       assert not _mentions(text, no_finding), text
-  for bank in synthetic._LOCATIONS.values():
+  for bank in phrases.LOCATIONS.values():
     for loc in bank:
       assert not _mentions(loc, {**mention, **no_finding}), loc
 
@@ -344,7 +346,7 @@ def test_wordings_use_the_chexpert_labelers_vocabulary(shared_data):
 
 def test_prevalence_is_roughly_as_designed():
   n = 500
-  counts = np.zeros(len(synthetic.FINDING_COUNT_PROBS))
+  counts = np.zeros(len(findings.FINDING_COUNT_PROBS))
   per_name = dict.fromkeys(DRAWABLE, 0)
   no_finding = hedged = 0
   for i in range(n):
@@ -353,12 +355,13 @@ def test_prevalence_is_roughly_as_designed():
     for f in pl.findings:
       per_name[f.name] += 1
       hedged += f.uncertain
-    rep = synthetic.write_report(synthetic._rng(0, "train", i, 2), pl.findings, pl.drawn)
+    text_rng = example.stream_rng(0, "train", i, example.TEXT)
+    rep = report.write_report(text_rng, pl.findings, pl.drawn)
     no_finding += rep.labels[IDX["No Finding"]] == 1
   frac = counts / n
-  np.testing.assert_allclose(frac, synthetic.FINDING_COUNT_PROBS, atol=0.06)
+  np.testing.assert_allclose(frac, findings.FINDING_COUNT_PROBS, atol=0.06)
   assert abs(frac[0] - 0.35) < 0.06
-  w = np.array([synthetic.FINDING_WEIGHTS[p] for p in DRAWABLE])
+  w = np.array([findings.FINDING_WEIGHTS[p] for p in DRAWABLE])
   total = sum(per_name.values())
   expected = w / w.sum() * total
   for (name, got), want in zip(per_name.items(), expected):
@@ -376,7 +379,8 @@ def test_labeler_agrees_with_the_generators_positives():
   agree = total = 0
   for i in range(200):
     pl = synthetic.plan(0, "validation", i)
-    rep = synthetic.write_report(synthetic._rng(0, "validation", i, 2), pl.findings, pl.drawn)
+    text_rng = example.stream_rng(0, "validation", i, example.TEXT)
+    rep = report.write_report(text_rng, pl.findings, pl.drawn)
     got = lab.label(features.join_report(rep.findings, rep.impression))
     agree += int(((got == 1) == (rep.labels == 1)).sum())
     total += anatomy.NUM_PATHOLOGIES
