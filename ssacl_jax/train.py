@@ -24,7 +24,7 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-# ----------------------------------------------------------------------------- step
+# ----------------------------------------------------------------------------- host side of the step
 def release_freed_host_memory() -> None:
   """Hands the heap pages freed since the last call back to the OS (glibc malloc_trim).
 
