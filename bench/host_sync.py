@@ -6,7 +6,7 @@ reading the device-side non-finite record only at log steps (after, train.py tod
 The tiny test config on 8 fake CPU devices (data parallel), the trainer's jitted step with
 the state donated and one device-resident batch reused, so only the loop's reads differ:
   before: step, then bool(metrics["finite"]) after every step (the old check_finite);
-  after:  train.with_nonfinite_record's step, then jax.device_get(record) every
+  after:  steps.with_nonfinite_record's step, then jax.device_get(record) every
           --log_every steps (train.check_finite at log/eval/checkpoint steps).
 Reported per step: host seconds blocked on device values, seconds spent dispatching, and
 wall seconds; medians over --repeats rounds of --steps steps, the two loops alternating.
@@ -31,23 +31,18 @@ import jax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from bench import benchlib  # noqa: E402
-from ssacl_jax import sharding, state as state_lib, train  # noqa: E402
+from ssacl_jax import sharding, state as state_lib, steps, train  # noqa: E402
 from ssacl_jax.models import ssacl  # noqa: E402
 from test_model import random_batch  # noqa: E402
 from tiny_config import tiny_config  # noqa: E402
 
 
 def jitted_steps(config, setup, mesh):
-  batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
-  replicated = NamedSharding(mesh, P())
-  consts = (replicated, replicated)
-  plain = train.make_train_step(config, setup)
-  before = jax.jit(plain, in_shardings=(setup.shardings, batch_sharding, *consts, replicated),
-                   out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
-  after = jax.jit(train.with_nonfinite_record(plain, ssacl.LOSS_NAMES),
-                  in_shardings=(setup.shardings, batch_sharding, *consts, replicated, replicated),
-                  out_shardings=(setup.shardings, replicated, replicated), donate_argnums=(0,))
-  return before, after, batch_sharding, replicated
+  """The trainer's step without (before) and with (after) the non-finite record."""
+  before, after = (steps.jit_train_step(config, setup, mesh, 2, ssacl.LOSS_NAMES,
+                                        nonfinite_record=record) for record in (False, True))
+  return (before, after, NamedSharding(mesh, sharding.batch_spec(config)),
+          NamedSharding(mesh, P()))
 
 
 def run_before(step, state, args, steps):
@@ -73,7 +68,7 @@ def run_after(step, state, args, record, steps, log_every):
     t1 = time.perf_counter()
     dispatch += t1 - t0
     if i % log_every == 0 or i == steps:
-      train.check_finite(jax.device_get(record))
+      train.check_finite(jax.device_get(record), ssacl.LOSS_NAMES)
       wait += time.perf_counter() - t1
   jax.block_until_ready(state)
   return state, record, {"wait": wait, "dispatch": dispatch, "wall": time.perf_counter() - t_start}
@@ -90,13 +85,14 @@ def main():
   mesh = sharding.make_mesh(config)
   jax.set_mesh(mesh)
   batch_np, tokens = random_batch(config, config.train.global_batch_size)
-  setup = state_lib.setup_state(config, ssacl.build_model(config.model), mesh, tokens, ssacl.dummy_batch(config, 1))
+  setup = state_lib.setup_state(config, ssacl.build_model(config.model), mesh, tokens,
+                                ssacl.dummy_batch(config, 1))
   before, after, batch_sharding, replicated = jitted_steps(config, setup, mesh)
   args = (jax.device_put(batch_np, batch_sharding), *jax.device_put(tokens, replicated),
           jax.device_put(jax.random.key(0), replicated))
   state_b = setup.init_fn(jax.random.key(0))
   state_a = setup.init_fn(jax.random.key(0))
-  record = jax.device_put(train.no_nonfinite_step(len(ssacl.LOSS_NAMES)), replicated)
+  record = jax.device_put(steps.no_nonfinite_step(len(ssacl.LOSS_NAMES)), replicated)
   state_b, _ = run_before(before, state_b, args, 2)            # compile + warm up
   state_a, record, _ = run_after(after, state_a, args, record, 2, a.log_every)
   rounds = {"before": [], "after": []}

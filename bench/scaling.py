@@ -112,13 +112,13 @@ def paper_state_table(config, sizes) -> list[dict]:
 def compile_stats(config, n: int) -> dict:
   """Compile the train step on the first n CPU devices: memory, FLOPs, collectives."""
   import jax
-  from ssacl_jax import aot, collectives
+  from ssacl_jax import aot, collectives, hlo_report
   mesh = aot.make_mesh(config, jax.devices("cpu")[:n])
   start = time.time()
-  lowered, setup = aot.lower_train_step(config, mesh)
+  lowered, _ = aot.lower_train_step(config, mesh)
   compiled = lowered.compile()
   return {"compile_seconds": round(time.time() - start, 1),
-          "memory": aot.memory_figures(compiled), **aot.cost_figures(compiled, n),
+          "memory": hlo_report.memory_figures(compiled), **hlo_report.cost_figures(compiled, n),
           "collectives": collectives.collective_stats(compiled.as_text() or "")}
 
 

@@ -4,11 +4,11 @@
   python bench/train_step.py --config configs/ssacl_vitb16.py --batch 4 --json OUT.json
   python bench/train_step.py --config configs/ssacl_vitb16.py:bf16 --batch 32   # on a GPU
 
-The state comes from train.setup_state on a mesh of --devices devices (default 1:
+The state comes from state.setup_state on a mesh of --devices devices (default 1:
 config.mesh.shape = (1, 1, 1); N > 1: (N, 1, 1) data parallel, on CPU through
 --xla_force_host_platform_device_count=N). The batch has the shapes of ssacl.dummy_batch
-with random images and token ids. The step is train.make_train_step jitted as the trainer
-jits it (state donated), lowered and compiled ahead of the timed calls.
+with random images and token ids. The step is the trainer's (steps.jit_train_step: state
+donated), lowered and compiled ahead of the timed calls.
 
 Reported: lower/compile seconds; the median step time over --steps timed steps after
 --warmup (like the PyTorch peer, a step during which other processes used >= 0.2 cores is
@@ -111,7 +111,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from ssacl_jax import anatomy, flops, hardware, perf, sharding, state as state_lib, train  # noqa: E402
+from ssacl_jax import (anatomy, flops, hardware, perf, sharding, state as state_lib, steps,  # noqa: E402
+                       train)
 from ssacl_jax.models import ssacl  # noqa: E402
 
 
@@ -223,18 +224,22 @@ def trainer_options(a) -> dict | None:
   return state_lib.compiler_options()
 
 
+def jit_step(config, setup, mesh):
+  """The trainer's step (steps.jit_train_step) without its non-finite record; the
+  compiler options come with the compile (trainer_options)."""
+  return steps.jit_train_step(config, setup, mesh, 2, ssacl.LOSS_NAMES, nonfinite_record=False)
+
+
 def compile_only(a, config, model, mesh, batch_np, ids_np, mask_np, machine, cache_dir=None):
   """Compile from ShapeDtypeStructs; report compile time, memory and FLOPs."""
-  setup = state_lib.setup_state(config, model, mesh, (ids_np, mask_np), ssacl.dummy_batch(config, 1))
+  setup = state_lib.setup_state(config, model, mesh, (ids_np, mask_np),
+                                ssacl.dummy_batch(config, 1))
   batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
   replicated = NamedSharding(mesh, P())
   sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
   batch = {k: sds(v, batch_sharding) for k, v in batch_np.items()}
   key = jax.eval_shape(lambda: jax.random.key(0))
-  step = jax.jit(train.make_train_step(config, setup),
-                 in_shardings=(setup.shardings, batch_sharding, replicated, replicated,
-                               replicated),
-                 out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
+  step = jit_step(config, setup, mesh)
   options = trainer_options(a)
   t0 = time.perf_counter()
   lowered = step.lower(setup.abstract_state, batch, sds(ids_np, replicated),
@@ -296,10 +301,7 @@ def main():
   batch = jax.device_put(batch_np, batch_sharding)
   ids, mask = jax.device_put((ids_np, mask_np), replicated)
   key = jax.device_put(jax.random.key(config.train.seed), replicated)
-  step = jax.jit(train.make_train_step(config, setup),
-                 in_shardings=(setup.shardings, batch_sharding, replicated, replicated,
-                               replicated),
-                 out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
+  step = jit_step(config, setup, mesh)
   rss_before_compile = benchlib.current_rss_bytes()
   options = trainer_options(a)
   t0 = time.perf_counter()

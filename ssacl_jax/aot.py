@@ -1,14 +1,14 @@
 """Ahead-of-time compilation of the training (and generation) step for a named target.
 
-Compiles the real sharded step, exactly as `train.train_and_evaluate` jits it (state and
-batch shardings, donation), for the devices of a target that need not be attached:
+Compiles the real sharded step, as `train.train_and_evaluate` jits it (steps.jit_train_step:
+state and batch shardings, donation), for the devices of a target that need not be attached:
 
   JAX_PLATFORMS=cpu python -m ssacl_jax.aot --config configs/tpu_v5e_256.py \
       --topology v5e:16x16 --what both --json bench/results/aot_tpu_v5e_256.json
 
 and reports per-chip memory (`compiled.memory_analysis()`: arguments, outputs, temps,
 generated code, aliased donation), FLOPs (`compiled.cost_analysis()`) and the collectives
-in the compiled program. `--collectives` lists them by what they move (the parameter or
+in the compiled program (ssacl_jax/hlo_report.py). `--collectives` lists them by what they move (the parameter or
 jax op, pass, dtype, shape: ssacl_jax/collectives.py) with totals per chip and per step;
 `--roofline` predicts the train step's time per chip from its FLOPs, HBM bytes and
 collective bytes and the chip's published figures (ssacl_jax/roofline.py, hardware.py). Exit status 3, with the numbers, when a step would not fit in a
@@ -45,12 +45,11 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from ssacl_jax import (anatomy, collectives, config_lib, flops, generate, hardware, roofline,
-                       sharding, train, state as state_lib)
+from ssacl_jax import (anatomy, config_lib, flops, generate, hardware, hlo_report, roofline,
+                       sharding, state as state_lib, steps)
 from ssacl_jax.models import ssacl
 
 EXIT_DOES_NOT_FIT = 3
-GIB = 1024 ** 3
 GPU_TARGETS = pathlib.Path(__file__).resolve().parents[1] / "configs" / "gpu_targets"
 
 MEGACORE = ("v4", "v5p")
@@ -161,77 +160,6 @@ def make_mesh(config, devices):
                        devices=devices)
 
 
-# ----------------------------------------------------------------------------- analysis
-_SIZE = re.compile(r"([\d.]+)\s*([KMGTP]?)i?B?", re.I)
-_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4, "P": 1024 ** 5}
-
-
-def parse_size(text: str) -> int:
-  """XLA's human-readable sizes ('17.92G', '530.00M', '0B') -> bytes."""
-  found = _SIZE.fullmatch(text.strip())
-  if not found:
-    raise ValueError(f"not a size: {text!r}")
-  return int(round(float(found.group(1)) * _UNITS[found.group(2).upper()]))
-
-
-def parse_resource_exhausted(message: str) -> dict:
-  """The figures of an XLA out-of-memory compile error (whatever of them it holds)."""
-  out = {}
-  patterns = {
-      # "Used 20.52G of 15.75G hbm. Exceeded hbm capacity by 4.77G." (program too large)
-      # "the total memory required for HLO temporaries (118.39G) exceeds available HBM
-      #  (15.75G)." (temporaries alone too large)
-      "used_bytes": r"(?:Used\s+(\S+)\s+of\s+\S+\s+hbm|required for [^(]*\((\S+?)\))",
-      "capacity_bytes": r"(?:Used\s+\S+\s+of\s+(\S+)\s+hbm|exceeds available HBM \((\S+?)\))",
-      "exceeded_by_bytes": r"Exceeded hbm capacity by\s+(\S+?)\.?(?:\s|$)",
-      "total_usage_bytes": r"Total hbm usage >=\s*(\S+?):",
-      "program_bytes": r"\n\s*program\s+(\S+)",
-      "arguments_bytes": r"\n\s*arguments\s+(\S+)",
-      "reserved_bytes": r"\n\s*reserved\s+(\S+)",
-  }
-  for key, pattern in patterns.items():
-    found = re.search(pattern, message)
-    text = next((g for g in found.groups() if g), None) if found else None
-    if text:
-      try:
-        out[key] = parse_size(text.rstrip("."))
-      except ValueError:
-        pass
-  if "used_bytes" in out and "capacity_bytes" in out:
-    out.setdefault("exceeded_by_bytes", out["used_bytes"] - out["capacity_bytes"])
-  return out
-
-
-def is_out_of_memory(message: str) -> bool:
-  return "RESOURCE_EXHAUSTED" in message or "Ran out of memory" in message
-
-
-def memory_figures(compiled) -> dict:
-  m = compiled.memory_analysis()
-  if m is None:
-    return {}
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-            "generated_code_size_in_bytes", "alias_size_in_bytes",
-            "host_argument_size_in_bytes", "host_output_size_in_bytes",
-            "host_temp_size_in_bytes", "host_generated_code_size_in_bytes")
-  out = {f.replace("_size_in_bytes", "_bytes"): int(getattr(m, f, 0) or 0) for f in fields}
-  out["total_bytes"] = (out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
-                        + out["generated_code_bytes"] - out["alias_bytes"])
-  return out
-
-
-def cost_figures(compiled, num_devices: int) -> dict:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  if not cost:   # XLA:GPU compiled without a GPU gives none
-    return {"flops_per_device": None, "flops_note": "no cost analysis from this compiler"}
-  flops = float(cost.get("flops", 0.0))
-  return {"flops_per_device": flops, "flops_total": flops * num_devices,
-          "transcendentals_per_device": float(cost.get("transcendentals", 0.0)),
-          "bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0))}
-
-
 # ----------------------------------------------------------------------------- steps
 def _shape_struct(shape, dtype, sharding):
   return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
@@ -252,17 +180,15 @@ def abstract_inputs(config, mesh):
 
 
 def lower_train_step(config, mesh, model=None):
-  """(lowered train step, StateSetup): jitted exactly as train.train_and_evaluate does."""
+  """(lowered train step, StateSetup): the trainer's step (steps.jit_train_step) without
+  the non-finite record; compiler options come with the compile."""
   model = model or ssacl.build_model(config.model)
   batch, ids, mask, key = abstract_inputs(config, mesh)
   # Outside the mesh context: eager ops there would run on the (compile-only) devices.
-  setup = state_lib.setup_state(config, model, mesh, ssacl.dummy_anatomy_tokens(config), ssacl.dummy_batch(config, 1))
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
-  step = jax.jit(train.make_train_step(config, setup),
-                 in_shardings=(setup.shardings, batch_sharding, replicated, replicated,
-                               replicated),
-                 out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
+  setup = state_lib.setup_state(config, model, mesh, ssacl.dummy_anatomy_tokens(config),
+                                ssacl.dummy_batch(config, 1))
+  step = steps.jit_train_step(config, setup, mesh, 2, ssacl.LOSS_NAMES,
+                              nonfinite_record=False)
   with jax.set_mesh(mesh):
     lowered = step.lower(setup.abstract_state, batch, ids, mask, key)
   return lowered, setup
@@ -303,28 +229,14 @@ def lower_generate(config, mesh, params, batch_size: int, model=None):
   ids = _shape_struct(ids.shape, ids.dtype, replicated)
   mask = _shape_struct(mask.shape, mask.dtype, replicated)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-    return generate._generate_reports_jit.lower(model, decode_settings(config),
-                                                {"params": params}, images, ids, mask,
-                                                leaf_mask, None, None, None)
+    return generate.lower_generate_reports(model, decode_settings(config),
+                                           {"params": params}, images, ids, mask, leaf_mask)
 
 
 def compiler_options(target: Target) -> dict:
   """XLA options a compile without the device needs: GPU Triton GEMMs need autotuning on a
   real GPU ("Couldn't find output tile sizes"), so GPU targets compile cuBLAS GEMMs."""
   return {"xla_gpu_enable_triton_gemm": False} if target.platform == "cuda" else {}
-
-
-def collective_figures(hlo_text: str, num_devices: int, groups: bool = False) -> dict:
-  """Static per-op counts and bytes (as always reported), totals per call per chip and over
-  all chips, ring wire bytes per chip (the roofline's input) and, with `groups`, every
-  collective grouped by what it moves (ssacl_jax.collectives)."""
-  ops = collectives.collective_ops(hlo_text, num_devices)
-  out = {"collectives": collectives.static_stats(ops),
-         "collective_totals": collectives.collective_totals(ops, num_devices),
-         "wire_bytes_per_device": roofline.wire_bytes(ops)}
-  if groups:
-    out["collective_groups"] = collectives.group_collectives(ops)
-  return out
 
 
 def compile_report(lowered, num_devices: int, memory_limit: int | None,
@@ -335,20 +247,21 @@ def compile_report(lowered, num_devices: int, memory_limit: int | None,
     compiled = lowered.compile(compiler_options=options or None)
   except Exception as e:  # XLA raises JaxRuntimeError / XlaRuntimeError
     message = str(e)
-    if not is_out_of_memory(message):
+    if not hlo_report.is_out_of_memory(message):
       raise
     return {"fits": False, "error": message.strip().splitlines()[0][:500],
             "message": message.strip()[:4000],
-            "out_of_memory": parse_resource_exhausted(message),
+            "out_of_memory": hlo_report.parse_resource_exhausted(message),
             "compile_seconds": round(time.time() - start, 1)}
   report = {"fits": True, "compile_seconds": round(time.time() - start, 1),
-            "memory": memory_figures(compiled), **cost_figures(compiled, num_devices),
-            **collective_figures(compiled.as_text() or "", num_devices, groups)}
+            "memory": hlo_report.memory_figures(compiled),
+            **hlo_report.cost_figures(compiled, num_devices),
+            **hlo_report.collective_figures(compiled.as_text() or "", num_devices, groups)}
   total = report["memory"].get("total_bytes")
   if memory_limit and total is not None and total > memory_limit:
     report["fits"] = False
-    report["error"] = (f"does not fit: {total / GIB:.2f} GiB per device needed, "
-                       f"{memory_limit / GIB:.2f} GiB available")
+    report["error"] = (f"does not fit: {total / hlo_report.GIB:.2f} GiB per device needed, "
+                       f"{memory_limit / hlo_report.GIB:.2f} GiB available")
     report["out_of_memory"] = {"used_bytes": total, "capacity_bytes": memory_limit,
                                "exceeded_by_bytes": total - memory_limit}
   return report
@@ -425,79 +338,6 @@ def run_aot(config, target: Target, what: str = "train", memory_limit: int | Non
   return report
 
 
-def _gib(n) -> str:
-  return "-" if n is None else f"{n / GIB:8.3f} GiB"
-
-
-def summary_lines(report: dict, top: int = 10) -> list[str]:
-  lines = [f"target {report['target']} ({report['device_kind']} x {report['num_devices']}), "
-           f"mesh {report['mesh']}, global batch {report['global_batch']}, "
-           f"{report['num_params']:,} params",
-           f"  params/device {_gib(report['param_bytes_per_device'])}, "
-           f"opt state/device {_gib(report['opt_state_bytes_per_device'])}, "
-           f"memory limit {_gib(report['memory_limit_bytes'])}"]
-  for name, step in report["steps"].items():
-    if not step["fits"]:
-      lines.append(f"  {name}: DOES NOT FIT: {step['error']}")
-      for key, value in step.get("out_of_memory", {}).items():
-        lines.append(f"    {key:20s} {_gib(value)}")
-      continue
-    mem = step["memory"]
-    flops = step.get("flops_per_device")
-    lines.append(f"  {name}: compiled in {step['compile_seconds']} s; per device: "
-                 f"total {_gib(mem.get('total_bytes'))} = args {_gib(mem.get('argument_bytes'))}"
-                 f" + out {_gib(mem.get('output_bytes'))} + temp {_gib(mem.get('temp_bytes'))}"
-                 f" + code {_gib(mem.get('generated_code_bytes'))}"
-                 f" - alias {_gib(mem.get('alias_bytes'))}")
-    coll = step["collectives"]
-    lines.append(f"    flops/device {flops if flops is None else f'{flops:.4g}'}; collectives: "
-                 + ", ".join(f"{op} {v['count']} ({v['bytes'] / 2**20:.1f} MiB)"
-                             for op, v in coll.items() if v["count"] and op != "total"))
-    if "collective_groups" in step:
-      lines.extend(collective_lines(step, report["num_devices"], top))
-  if "roofline" in report:
-    lines.extend(roofline_lines(report["roofline"]))
-  lines.append("fits" if report["fits"] else "DOES NOT FIT")
-  return lines
-
-
-def collective_lines(step: dict, num_devices: int, top: int) -> list[str]:
-  """Totals per call (per chip and all chips) and the `top` groups by bytes."""
-  lines = []
-  for part, by_op in step["collective_totals"].items():
-    t = by_op["total"]
-    if not t["count"]:
-      continue
-    lines.append(f"    collectives {part.replace('_', ' ')}: {t['count']} ops, "
-                 f"{t['bytes_per_device'] / 1e9:.3f} GB per chip, "
-                 f"{t['bytes_all_devices'] / 1e9:.1f} GB on {num_devices} chips; "
-                 + ", ".join(f"{op} {v['count']} ({v['bytes_per_device'] / 1e9:.3f} GB)"
-                             for op, v in by_op.items() if op != "total"))
-  groups = step["collective_groups"]
-  lines.append(f"    top {min(top, len(groups))} of {len(groups)} collective groups by bytes "
-               "per chip (count: executions per call; loop: per decoding-loop iteration):")
-  lines.append(f"      {'op':14s} {'pass':4s} {'dtype':5s} {'shape':>18s} {'group':>5s} "
-               f"{'count':>5s} {'MB':>9s}  source")
-  for g in groups[:top]:
-    shape = "x".join(map(str, g["shape"])) or "scalar"
-    lines.append(f"      {g['op']:14s} {g['pass']:4s} {g['dtype']:5s} {shape:>18s} "
-                 f"{g['group_size']:5d} {g['count']:5d} {g['bytes'] / 1e6:9.2f}  "
-                 f"{g['source']}{' (loop)' if g['in_loop'] else ''}")
-  return lines
-
-
-def roofline_lines(r: dict) -> list[str]:
-  return [f"  roofline per chip ({r['chip']['source'].split(':')[0]}): compute "
-          f"{r['compute_s'] * 1e3:.2f} ms ({r['flops_per_device']:.3g} FLOPs), "
-          f"memory {r['memory_s'] * 1e3:.2f} ms ({r['hbm_bytes_per_device'] / 1e9:.2f} GB), "
-          f"interconnect {r['interconnect_s'] * 1e3:.2f} ms "
-          f"({r['wire_bytes_per_device'] / 1e9:.3f} GB on the wire)",
-          f"    predicted step {r['step_s'] * 1e3:.2f} ms (serial {r['serial_s'] * 1e3:.2f} ms), "
-          f"bound by {r['binding']}; MFU upper bound {r['mfu_upper_bound']:.1%}; "
-          f"paper recipe ({r['paper_epochs']} epochs, {r['paper_steps']} steps) "
-          f"{r['paper_hours']:.2f} h"]
-
-
 # ----------------------------------------------------------------------------- CLI
 def define_flags() -> None:
   """The CLI's flags (defined only when run as a program, so importing this stays clean)."""
@@ -562,7 +402,7 @@ def main(argv):
   report = run_aot(config, target, f.what, f.hbm_bytes or None, f.gen_batch, devices,
                    groups=f.collectives, chip=chip)
   report["config"] = _config_arg()
-  for line in summary_lines(report, f.top):
+  for line in hlo_report.summary_lines(report, f.top):
     print(line)
   text = json.dumps(report, sort_keys=True)
   if f.json:

@@ -89,10 +89,6 @@ def diff_trees(model_tree, checkpoint_tree) -> TreeDiff:
                         for k in set(want) & set(have) if want[k] != have[k]))
 
 
-def _abstract(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
-
-
 def finished_steps(workdir) -> list[int]:
   """The steps saved under WORKDIR/checkpoints, without opening a manager (orbax writes a
   step into a temporary name and renames it when complete)."""
@@ -133,9 +129,6 @@ class Checkpointer:
       items["data"] = _data_save(data_iterator)
     return self.manager.save(int(step), args=ocp.args.Composite(**items),
                              metrics=metrics, force=force)
-
-  def wait(self):
-    self.manager.wait_until_finished()
 
   def close(self):
     self.manager.wait_until_finished()

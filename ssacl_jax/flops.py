@@ -115,14 +115,9 @@ def hand_flops(config, batch: int, *, release: bool = False, release_prompt_frac
   return result
 
 
-def train_step_flops(config, compiled=None, num_devices: int = 1) -> float | None:
-  """FLOPs of one update step over all devices: the hand count for SS-ACL pretraining;
-  other tasks (fine-tuning) take XLA's count of the compiled step (per device, times
-  num_devices), or None when there is nothing to count from."""
-  if config.get("task", "ssacl") == "ssacl":
-    return float(hand_flops(config, config.train.global_batch_size)["step"])
-  if compiled is None:
-    return None
+def compiled_flops(compiled, num_devices: int = 1) -> float | None:
+  """XLA's FLOPs of a compiled step over all devices (its count is per device), or None
+  when the compiler gives none. For tasks without a hand count (fine-tuning)."""
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = (cost or {}).get("flops")

@@ -516,6 +516,14 @@ def _generate_reports(model, cfg, variables, images, anatomy_ids, anatomy_mask, 
 _generate_reports_jit = jax.jit(_generate_reports, static_argnums=(0, 1))
 
 
+def lower_generate_reports(model, cfg: DecodeConfig, variables, images, anatomy_ids,
+                           anatomy_mask, leaf_mask, prompt_ids=None, prompt_mask=None, rng=None):
+  """generate_reports' jitted program lowered for these (abstract) inputs, e.g. to compile
+  it ahead of time for devices that are not attached (ssacl_jax/aot.py)."""
+  return _generate_reports_jit.lower(model, cfg, variables, images, anatomy_ids, anatomy_mask,
+                                     leaf_mask, prompt_ids, prompt_mask, rng)
+
+
 def generate_reports(model, variables, images, anatomy_ids, anatomy_mask, leaf_mask,
                      config: Any = None, *, prompt_ids=None, prompt_mask=None,
                      rng=None) -> Generation:

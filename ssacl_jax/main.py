@@ -7,11 +7,14 @@ Config fields are overridden with `--config.a.b=value`; variants with `configs/x
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 
 from absl import flags
 from ml_collections import config_flags
+
+from ssacl_jax import cli, config_lib, tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variants]).",
                                           lock_config=True)
@@ -35,38 +38,50 @@ def initialize_hosts() -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def evaluate_workdir(config, workdir: str):
+  """--mode eval: score a trained workdir with the function the task names (EVALUATE).
+  At the merge with the evaluators this becomes their run over a restored checkpoint."""
+  module, _, function = tasks.get(config.task).EVALUATE.partition(":")
+  return getattr(importlib.import_module(module), function)(config, workdir)
+
+
+def train_task(config, workdir: str):
+  """--mode train: train config's task (resuming when WORKDIR has checkpoints)."""
+  from ssacl_jax import train
+  return train.train_and_evaluate(config, workdir)
+
+
+def train_then_evaluate(config, workdir: str):
+  """--mode finetune: train, then score."""
+  train_task(config, workdir)
+  return evaluate_workdir(config, workdir)
+
+
+def fit_pathology_head(config, workdir: str):
+  from ssacl_jax import pathology_head
+  return pathology_head.train_head(config, workdir)
+
+
+MODES = {"train": train_task, "head": fit_pathology_head,
+         "eval": evaluate_workdir, "finetune": train_then_evaluate}
+
+
 def main(argv):
   del argv
-  from ssacl_jax import cli, config_lib, train
   initialize_hosts()
   config = _CONFIG.value
   config_lib.validate(config)
-  mode, finetuning = _MODE.value, config.get("task", "ssacl") == "finetune"
-  if finetuning != (mode == "finetune") and not (finetuning and mode == "eval"):
+  mode, task_modes = _MODE.value, tasks.get(config.task).MODES
+  if mode not in task_modes:
     raise config_lib.ConfigError(
-        f"--mode {mode} does not fit config.task={config.get('task')!r}: fine-tuning configs "
-        "(configs/finetune_*.py) run with --mode finetune or eval, pretraining configs with "
-        "train, head or eval")
+        f"--mode {mode} does not fit config.task={config.task!r}, which runs with --mode "
+        f"{' or '.join(task_modes)}")
   cli.say(f"data: {config.data.dataset} in {os.path.abspath(config.data.data_dir)} "
           "(set with --config.data.data_dir)")
-  if finetuning:
-    from ssacl_jax import finetune
-    if mode == "finetune":
-      finetune.run(config, _WORKDIR.value)
-    else:
-      finetune.evaluate(config, _WORKDIR.value)
-  elif mode == "train":
-    train.train_and_evaluate(config, _WORKDIR.value)
-  elif mode == "head":
-    from ssacl_jax import pathology_head
-    pathology_head.train_head(config, _WORKDIR.value)
-  else:
-    from ssacl_jax import evaluate
-    evaluate.evaluate(config, _WORKDIR.value)
+  MODES[mode](config, _WORKDIR.value)
 
 
 def run():
-  from ssacl_jax import cli
   cli.run_app(main)
 
 

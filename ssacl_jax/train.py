@@ -1,87 +1,30 @@
 """Training: mesh, task (data + model), sharded state, update step, checkpoints, loop.
 
 `train_and_evaluate(config, workdir)` is what `python -m ssacl_jax.main` runs; tests call
-it directly. Sections read top to bottom like the step they set up. What is trained comes
-from a `Task` chosen by `config.task`: SS-ACL pretraining ('ssacl', the five losses) or
-fine-tuning the image encoder on a downstream set ('finetune', ssacl_jax/finetune.py).
-Both go through the same state, step, checkpoints, logging and preemption.
+it directly. Sections read top to bottom like the run they set up. What is trained is the
+`Task` of the module config.task names (ssacl_jax/tasks/); every task goes through the
+same state, step (ssacl_jax/steps.py), checkpoints, logging and preemption.
 """
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import logging
 import signal
-from collections.abc import Callable
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssacl_jax import (checkpointing, cli, config_lib, data as data_lib, flops, layers, optim,
-                       perf, pretrained, sharding, state as state_lib)
+from ssacl_jax import (checkpointing, cli, config_lib, data as data_lib, flops, optim, perf,
+                       pretrained, sharding, state as state_lib, steps, tasks)
 from ssacl_jax.metric_writers import MetricWriter
-from ssacl_jax.models import ssacl
 
 
 class NonFiniteLossError(FloatingPointError):
   pass
 
 
-# ----------------------------------------------------------------------------- task
-@dataclasses.dataclass
-class Task:
-  """What the trainer trains.
-
-  model.apply({"params": p}, batch, *consts, rngs={"mask": key}) -> (loss, metrics) with
-  metrics["loss_<term>"] for every term in loss_terms (checked for finiteness, named in
-  errors). data: next_train_batch(), train_iterator (checkpointed), skip_stats().
-  make_validate(setup, mesh, batch_sharding) -> (state -> {"val_...": float}).
-  """
-  model: nn.Module
-  data: object
-  consts: tuple               # model inputs that are the same for every batch
-  example_batch: dict         # one-row model batch, for init
-  loss_terms: tuple[str, ...]
-  make_validate: Callable
-
-
-def pretraining_task(config, mesh, batch_sharding, workdir) -> Task:
-  """SS-ACL pretraining: the five losses; validation = mean validation losses."""
-  data = data_lib.TrainingData(config, mesh, batch_sharding, workdir)
-
-  def make_validate(setup, mesh, batch_sharding):
-    replicated = NamedSharding(mesh, P())
-    eval_step = jax.jit(make_eval_step(config, setup),
-                        in_shardings=(setup.shardings["params"], batch_sharding, replicated,
-                                      replicated, replicated),
-                        out_shardings=replicated, compiler_options=state_lib.compiler_options())
-    def validate(state):
-      scores = evaluate_loss(config, eval_step, state, data, mesh, batch_sharding)
-      if config.eval.val_generate_examples:
-        scores.update(validation_generation(config, state, data, mesh, batch_sharding))
-      return scores
-
-    return validate
-
-  return Task(ssacl.build_model(config.model), data, data.anatomy_tokens,
-              ssacl.dummy_batch(config, 1), ssacl.LOSS_NAMES, make_validate)
-
-
-def make_task(config, mesh, batch_sharding, workdir) -> Task:
-  name = config.get("task", "ssacl")
-  if name == "ssacl":
-    return pretraining_task(config, mesh, batch_sharding, workdir)
-  if name == "finetune":
-    from ssacl_jax import finetune
-    return finetune.make_task(config, mesh, batch_sharding, workdir)
-  raise ValueError(f"config.task {name!r}: expected 'ssacl' (pretraining) or 'finetune'")
-
-
-# ----------------------------------------------------------------------------- step
+# ----------------------------------------------------------------------------- host side of the step
 def release_freed_host_memory() -> None:
   """Hands the heap pages freed since the last call back to the OS (glibc malloc_trim).
 
@@ -96,106 +39,6 @@ def release_freed_host_memory() -> None:
     pass
 
 
-def _microbatches(batch, steps: int):
-  """[B, ...] -> [steps, B / steps, ...], each microbatch spread over all devices."""
-  def split(x):
-    x = x.reshape(x.shape[0] // steps, steps, *x.shape[1:])
-    return jnp.swapaxes(x, 0, 1)
-  return jax.tree.map(split, batch)
-
-
-DROPOUT_STREAM = 2**31 - 1  # folded into a step's key for its dropout key
-
-
-def make_loss_fn(config, model, param_shardings=None):
-  """loss_fn(params, batch, consts, rng) -> (total loss, metrics), as the train step runs it.
-
-  The matmul weights are cast to the compute dtype while still sharded (param_shardings),
-  so that fsdp all-gathers move compute-dtype bytes; with `mesh.gather_weights_once` they
-  are then gathered over the fsdp axis once, for all three encoder passes and the backward
-  pass (whose gradients are reduce-scattered once, in turn).
-  """
-  rules = sharding.rules(config)
-  compute_dtype = ssacl.dtype_from_name(config.model.dtype)
-  gathered = None
-  if param_shardings is not None and config.mesh.get("gather_weights_once"):
-    gathered = sharding.without_axis(param_shardings, "fsdp")
-
-  def loss_fn(params, batch, consts, rng):
-    params = layers.cast_matmul_weights(params, compute_dtype)
-    if param_shardings is not None:
-      params = jax.lax.with_sharding_constraint(params, param_shardings)
-    if gathered is not None:
-      params = jax.lax.with_sharding_constraint(params, gathered)
-    # Dropout draws from its own stream, derived from (never equal to) the masking key.
-    rngs = {"mask": rng, layers.DROPOUT: jax.random.fold_in(rng, DROPOUT_STREAM)}
-    with nn.logical_axis_rules(rules):
-      return model.apply({"params": params}, batch, *consts, rngs=rngs)
-
-  return loss_fn
-
-
-def make_train_step(config, setup: state_lib.StateSetup, loss_terms=ssacl.LOSS_NAMES):
-  """train_step(state, batch, *consts, base_key) -> (state, metrics).
-
-  The masking key of step s (microbatch i) is fold_in(fold_in(base_key, s), i); dropout,
-  on in training only, uses that key folded with DROPOUT_STREAM. Evaluation passes no
-  dropout key, so it is deterministic.
-  """
-  model, tx = setup.model, setup.tx
-  schedule = optim.learning_rate_schedule(config)
-  accum = config.train.grad_accum_steps
-  loss_fn = make_loss_fn(config, model, setup.shardings["params"])
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-  def train_step(state, batch, *args):
-    consts, base_key = args[:-1], args[-1]
-    rng = jax.random.fold_in(base_key, state["step"])
-    params = state["params"]
-    if accum == 1:
-      (_, metrics), grads = grad_fn(params, batch, consts, rng)
-    else:
-      def micro(carry, xs):
-        i, micro_batch = xs
-        (_, m), g = grad_fn(params, micro_batch, consts, jax.random.fold_in(rng, i))
-        return jax.tree.map(jnp.add, carry, (g, m)), None
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          lambda: grad_fn(params, jax.tree.map(lambda x: x[0], _microbatches(batch, accum)),
-                          consts, rng)))
-      zeros = (zeros[1], zeros[0][1])
-      (grads, metrics), _ = jax.lax.scan(micro, zeros, (jnp.arange(accum),
-                                                        _microbatches(batch, accum)))
-      grads, metrics = jax.tree.map(lambda x: x / accum, (grads, metrics))
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
-           "opt_state": opt_state}
-    finite = jnp.isfinite(grad_norm) & jnp.all(jnp.stack(
-        [jnp.isfinite(metrics[f"loss_{k}"]) for k in loss_terms]))
-    # A non-finite step leaves the state as it was; the host stops the run.
-    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-    metrics = dict(metrics, grad_norm=grad_norm, learning_rate=schedule(state["step"]),
-                   finite=finite)
-    return new, metrics
-
-  return train_step
-
-
-def make_eval_step(config, setup: state_lib.StateSetup):
-  model, rules = setup.model, sharding.rules(config)
-  compute_dtype = ssacl.dtype_from_name(config.model.dtype)
-
-  def eval_step(params, batch, *args):
-    consts, key = args[:-1], args[-1]
-    params = layers.cast_matmul_weights(params, compute_dtype)
-    with nn.logical_axis_rules(rules):
-      _, metrics = model.apply({"params": params}, batch, *consts, rngs={"mask": key})
-    return metrics
-
-  return eval_step
-
-
 def check_batch_fits_mesh(global_batch: int, accum: int, mesh) -> None:
   """Each microbatch must split evenly over the batch-sharded mesh axes and processes."""
   shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
@@ -208,33 +51,7 @@ def check_batch_fits_mesh(global_batch: int, accum: int, mesh) -> None:
         f"multiple of the {jax.process_count()} processes)")
 
 
-def no_nonfinite_step(num_terms: int) -> dict:
-  """The device-side record of the first non-finite step, before any: step 0 = none."""
-  return {"step": jnp.zeros((), jnp.int32), "losses": jnp.zeros((num_terms,), jnp.float32),
-          "grad_norm": jnp.zeros((), jnp.float32)}
-
-
-def record_first_nonfinite(record: dict, step, metrics, loss_terms) -> dict:
-  """record, or this step's number and values when it is the first non-finite one."""
-  first = (record["step"] == 0) & ~metrics["finite"]
-  now = {"step": jnp.asarray(step, jnp.int32),
-         "losses": jnp.stack([metrics[f"loss_{k}"] for k in loss_terms]).astype(jnp.float32),
-         "grad_norm": metrics["grad_norm"].astype(jnp.float32)}
-  return jax.tree.map(lambda n, r: jnp.where(first, n, r), now, record)
-
-
-def with_nonfinite_record(train_step, loss_terms):
-  """train_step that also carries the first non-finite step's record, so the host reads it
-  only at log, eval and checkpoint steps instead of waiting for every step:
-  step(state, batch, *consts, base_key, record) -> (state, metrics, record)."""
-  def step(state, batch, *args):
-    *args, record = args
-    new, metrics = train_step(state, batch, *args)
-    return new, metrics, record_first_nonfinite(record, state["step"] + 1, metrics, loss_terms)
-  return step
-
-
-def check_finite(record, loss_terms=ssacl.LOSS_NAMES) -> None:
+def check_finite(record, loss_terms) -> None:
   """Raise naming the first non-finite step and its terms (record from the host)."""
   step = int(record["step"])
   if not step:
@@ -286,33 +103,6 @@ class PreemptionFlag:
 
 
 # ----------------------------------------------------------------------------- loop
-def evaluate_loss(config, eval_step, state, data, mesh, batch_sharding) -> dict:
-  """Mean validation losses (fixed masking key) over the validation split."""
-  key = jax.random.key(config.train.seed + 1)
-  totals, count = {}, 0
-  for batch in data.eval_batches(config.data.eval_split, config.train.global_batch_size,
-                                 max_examples=config.eval.max_examples or None):
-    metrics = eval_step(state["params"], batch, *data.anatomy_tokens, key)
-    for k, v in metrics.items():
-      if k.startswith("loss"):
-        totals[k] = totals.get(k, 0.0) + float(v)
-    count += 1
-  return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
-
-
-def validation_generation(config, state, data, mesh, batch_sharding) -> dict:
-  """{"val_language/BLEU_4", "val_clinical/micro14/f1", ...} of reports generated for the
-  first eval.val_generate_examples validation examples (evaluate.validation_scores), so
-  that checkpoint.best_metric can choose the checkpoint by them."""
-  from ssacl_jax import evaluate, inference
-  restored = inference.Restored(config, mesh, ssacl.build_model(config.model), state["params"],
-                                data.tokenizers, data.anatomy_tokens, int(state["step"]),
-                                batch_sharding)
-  scores = evaluate.validation_scores(restored, config.data.eval_split,
-                                      config.eval.val_generate_examples)
-  return {f"val_{k}": v for k, v in scores.items()}
-
-
 def restore_or_initialise(config, ckpt, setup, state, data) -> dict:
   """The state to start from: WORKDIR's latest checkpoint (and the data stream's position),
   else config.init's pretrained weights for a fresh run, else `state` as initialised."""
@@ -353,6 +143,27 @@ def log_goodput(writer, step: int, goodput) -> dict:
   return summary
 
 
+# ----------------------------------------------------------------------------- evaluation
+# The one place the trainer evaluates. At the merge with the evaluators (ssacl_jax/
+# evaluators), make_evaluate_due's body becomes a call of
+# evaluators.run_all(config, ctx, during_training=True, step=step) with ctx built from the
+# live state, and evaluations_due asks them which are due.
+def evaluations_due(t, step: int) -> bool:
+  """Whether anything is evaluated after `step` (t: config.train)."""
+  return bool(t.eval_every_steps) and (step % t.eval_every_steps == 0 or step == t.num_steps)
+
+
+def make_evaluate_due(config, task_module, task, setup, mesh, batch_sharding):
+  """(state, step) -> the scores of the evaluations due at `step` ({"val_...": float})."""
+  validate = task_module.make_validate(config, task, setup, mesh, batch_sharding)
+
+  def evaluate_due(state, step):
+    del step   # the task's validation is the one evaluation, due at every interval
+    return validate(state)
+
+  return evaluate_due
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Train config's task; resume from WORKDIR/checkpoints when present.
 
@@ -374,7 +185,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       config_lib.save_workdir_config(config, workdir)
 
     # Input and model.
-    task = make_task(config, mesh, batch_sharding, workdir)
+    task_module = tasks.get(config.task)
+    task = task_module.build(config, mesh, batch_sharding, workdir)
     data = task.data
     config = optim.with_schedule(config, len(data.train_source))  # step counts from epochs
     t = config.train
@@ -388,18 +200,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start = int(state["step"])
 
   with goodput.timing("initialization"):
-    # Update step (carrying the non-finite record) and validation.
+    # Update step (carrying the non-finite record) and evaluations.
     replicated = NamedSharding(mesh, P())
-    consts_shardings = (replicated,) * len(task.consts)
-    train_step = jax.jit(
-        with_nonfinite_record(make_train_step(config, setup, task.loss_terms), task.loss_terms),
-        in_shardings=(setup.shardings, batch_sharding, *consts_shardings, replicated,
-                      replicated),
-        out_shardings=(setup.shardings, replicated, replicated), donate_argnums=(0,),
-        compiler_options=state_lib.compiler_options())
-    validate = task.make_validate(setup, mesh, batch_sharding)
+    train_step = steps.jit_train_step(config, setup, mesh, len(task.consts), task.loss_terms,
+                                      compiler_options=state_lib.compiler_options())
+    evaluate_due = make_evaluate_due(config, task_module, task, setup, mesh, batch_sharding)
     base_key = jax.random.key(t.seed)
-    record = jax.device_put(no_nonfinite_step(len(task.loss_terms)), replicated)
+    record = jax.device_put(steps.no_nonfinite_step(len(task.loss_terms)), replicated)
 
     writer = MetricWriter(workdir, total_steps=t.num_steps)
     batches = data_lib.DevicePrefetcher(data, config.data.get("device_prefetch", 1))
@@ -420,7 +227,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             compiled_step = train_step.lower(state, batch, *task.consts, base_key,
                                              record).compile()
             release_freed_host_memory()
-          meter.flops_per_step = flops.train_step_flops(config, compiled_step, mesh.size)
+          meter.flops_per_step = (task.flops_per_step
+                                  or flops.compiled_flops(compiled_step, mesh.size))
         step += 1
         profiler.before_step(step)
         with goodput.timing("train_steps"), profiler.annotate(step):
@@ -428,8 +236,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         with goodput.timing("profiling"):
           profiler.after_step(step, state)
         logs = step % t.log_every_steps == 0 or step == t.num_steps
-        evals = t.eval_every_steps and (step % t.eval_every_steps == 0 or step == t.num_steps)
         saves = step % t.checkpoint_every_steps == 0 or step == t.num_steps
+        evals = evaluations_due(t, step)
         stop = step == t.stop_at_step or preempted.should_stop(sync_point=logs or evals or saves)
         saves = saves or stop
         if not (logs or evals or saves):
@@ -441,12 +249,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
           last = log_metrics(writer, step, metrics, data, meter, t.global_batch_size)
         if evals:
           with goodput.timing("evaluation"):
-            val = validate(state)
+            val = evaluate_due(state, step)
           writer.write(step, val)
           writer.validation(step, val)
           last.update(val)
-          save_metrics = {config.checkpoint.best_metric: val.get(config.checkpoint.best_metric, 0.0)} \
-              if config.checkpoint.best_metric in val else None
+          save_metrics = ({config.checkpoint.best_metric: val[config.checkpoint.best_metric]}
+                          if config.checkpoint.best_metric in val else None)
         if saves or save_metrics:
           with goodput.timing("checkpointing"):
             ckpt.save(step, state, batches.position(), metrics=save_metrics, force=stop)

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from ssacl_jax import aot, collectives
+from ssacl_jax import aot, collectives, hlo_report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = "tests/aot_tiny_config.py"
@@ -82,17 +82,17 @@ def test_parse_resource_exhausted():
       "hbm. Used 20.52G of 15.75G hbm. Exceeded hbm capacity by 4.77G.\n\n"
       "Total hbm usage >= 21.02G:\n    reserved        530.00M \n    program          20.52G \n"
       "    arguments            0B \n\nOutput size 0B; shares 0B with arguments.\n")
-  assert aot.is_out_of_memory(message)
-  got = aot.parse_resource_exhausted(message)
+  assert hlo_report.is_out_of_memory(message)
+  got = hlo_report.parse_resource_exhausted(message)
   g = 2**30
   assert got == {"used_bytes": round(20.52 * g), "capacity_bytes": round(15.75 * g),
                  "exceeded_by_bytes": round(4.77 * g), "total_usage_bytes": round(21.02 * g),
                  "program_bytes": round(20.52 * g), "arguments_bytes": 0,
                  "reserved_bytes": 530 * 2**20}
-  assert not aot.is_out_of_memory("INVALID_ARGUMENT: shapes differ")
+  assert not hlo_report.is_out_of_memory("INVALID_ARGUMENT: shapes differ")
   temporaries = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for "
                  "HLO temporaries (118.39G) exceeds available HBM (15.75G).")
-  assert aot.parse_resource_exhausted(temporaries) == {
+  assert hlo_report.parse_resource_exhausted(temporaries) == {
       "used_bytes": round(118.39 * g), "capacity_bytes": round(15.75 * g),
       "exceeded_by_bytes": round(118.39 * g) - round(15.75 * g)}
 

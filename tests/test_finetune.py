@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssacl_jax import checkpointing, config_lib, finetune, sharding, state as state_lib, train
+from ssacl_jax import (checkpointing, config_lib, finetune, main, sharding, state as state_lib,
+                       steps, train)
 from ssacl_jax.models import finetune as models
+from ssacl_jax.tasks import finetune as finetune_task
 from tiny_finetune_config import tiny_finetune_config
 
 
@@ -80,7 +82,7 @@ def _setup(config, kind):
   batch["image"] = rng.normal(size=batch["image"].shape).astype(np.float32)
   batch["labels"] = rng.integers(0, 2, batch["labels"].shape).astype(np.int8)
   batch["mask"] = (rng.random(batch["mask"].shape) < 0.2).astype(np.float32)
-  step = jax.jit(train.make_train_step(config, setup, models.loss_terms(kind)))
+  step = jax.jit(steps.make_train_step(config, setup, models.loss_terms(kind)))
   return setup, batch, step
 
 
@@ -172,7 +174,7 @@ def finetuned(kind, arg, data_dir, workdir, init=""):
   config.data.data_dir = data_dir
   config.init.checkpoint = init
   config.train.eval_every_steps = config.train.checkpoint_every_steps = config.train.num_steps // 4
-  return finetune.run(config, str(workdir))
+  return main.train_then_evaluate(config, str(workdir))
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +195,7 @@ def test_finetuning_writes_per_class_test_auroc(at_1pct, pretrained):
   assert ours["train_split"] == "train_1pct" and ours["init"] == pretrained
   assert scratch["init"] == "random"
   written = json.loads((workdir / "eval" / "test" / "metrics.json").read_text())
-  assert set(written["auroc"]) == set(finetune.class_names(tiny_finetune_config()))
+  assert set(written["auroc"]) == set(finetune_task.class_names(tiny_finetune_config()))
   assert written["auroc_mean"] == ours["auroc_mean"] and written["num_examples"] == 128
   assert written["selected_by"].startswith("best validation val_auroc_mean")
   assert 0.4 < ours["auroc_mean"] < 1 and 0.4 < scratch["auroc_mean"] < 1
@@ -234,7 +236,7 @@ def test_ssacl_encoder_beats_random_init_with_1pct_labels(tmp_path_factory):
     config = finetune_synthetic.get_config(f"label_fraction=0.01,{arg}")
     config.data.data_dir = data_dir
     config.checkpoint.async_save = False
-    return finetune.run(config, str(tmp_path_factory.mktemp("ft")))["auroc_mean"]
+    return main.train_then_evaluate(config, str(tmp_path_factory.mktemp("ft")))["auroc_mean"]
 
   for mode in ("linear_probe", "lr=1e-3"):
     ours = auroc(f"{mode},init={pretrained_dir}")

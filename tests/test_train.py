@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssacl_jax import flops, state as state_lib, train
+from ssacl_jax import flops, state as state_lib, steps, train
 from tiny_config import tiny_config
 
 PEAK = 1e9   # a made-up per-device peak, so the CPU runs log MFU
@@ -109,10 +109,11 @@ def test_non_finite_step_is_refused_and_recorded_on_the_device(tiny_data_dir):
   good = dict(batch)
   batch["image"] = batch["image"].copy()
   batch["image"][0, 0, 0, 0] = np.nan
-  step = jax.jit(train.with_nonfinite_record(train.make_train_step(config, setup),
+  step = jax.jit(steps.with_nonfinite_record(steps.make_train_step(config, setup,
+                                                                   ssacl.LOSS_NAMES),
                                              ssacl.LOSS_NAMES))
-  record = train.no_nonfinite_step(len(ssacl.LOSS_NAMES))
-  train.check_finite(jax.device_get(record))   # no non-finite step yet: no error
+  record = steps.no_nonfinite_step(len(ssacl.LOSS_NAMES))
+  train.check_finite(jax.device_get(record), ssacl.LOSS_NAMES)   # none yet: no error
   state, metrics, record = step(state, batch, *tokens, jax.random.key(1), record)
   jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(state["params"]))
   state, metrics, record = step(state, good, *tokens, jax.random.key(1), record)
@@ -120,7 +121,7 @@ def test_non_finite_step_is_refused_and_recorded_on_the_device(tiny_data_dir):
   record = jax.device_get(record)
   assert int(record["step"]) == 1 and np.isnan(record["losses"][ssacl.LOSS_NAMES.index("ir")])
   with pytest.raises(train.NonFiniteLossError, match=r"non-finite ir.* at step 1 "):
-    train.check_finite(record)
+    train.check_finite(record, ssacl.LOSS_NAMES)
 
 
 def test_nan_at_step_k_is_named_at_the_next_sync_and_nothing_newer_is_saved(
@@ -174,8 +175,8 @@ def test_gradient_accumulation_averages_microbatch_losses(tiny_data_dir):
   # microbatch of 8, as the release gathers each micro-step's batch over its GPUs.
   sharded = jax.device_put(batch, jax.sharding.NamedSharding(mesh, sharding.batch_spec(config)))
   assert len(sharded["image"].sharding.device_set) == 8
-  new_state, metrics = jax.jit(train.make_train_step(config, setup))(state, sharded, *tokens,
-                                                                     base_key)
+  new_state, metrics = jax.jit(steps.make_train_step(config, setup, ssacl.LOSS_NAMES))(
+      state, sharded, *tokens, base_key)
   # Microbatch i holds rows i, i + 2, ...; its masking key is fold_in(fold_in(key, step), i).
   step_key = jax.random.fold_in(base_key, 0)
   micro_metrics = []

@@ -1,0 +1,47 @@
+"""Tasks: what the one trainer trains, found by `config.task`.
+
+A task is a module `ssacl_jax/tasks/<name>.py` (config.task = '<name>') providing
+  build(config, mesh, batch_sharding, workdir) -> Task
+  make_validate(config, task, setup, mesh, batch_sharding) -> (state -> {"val_...": float})
+  MODES: the `--mode`s of ssacl_jax.main it runs under ('train' and 'finetune' train it)
+  EVALUATE: 'module:function' that scores a trained workdir (--mode eval)
+Adding a task is adding its module; nothing else names it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from types import ModuleType
+
+import flax.linen as nn
+
+
+@dataclasses.dataclass
+class Task:
+  """What the trainer trains.
+
+  model.apply({"params": p}, batch, *consts, rngs={"mask": key}) -> (loss, metrics) with
+  metrics["loss_<term>"] for every term in loss_terms (checked for finiteness, named in
+  errors). data: next_train_batch(), train_iterator (checkpointed), train_source,
+  skip_stats(). flops_per_step: the update step's FLOPs over all devices counted by hand
+  (for MFU); None takes XLA's count of the compiled step.
+  """
+  model: nn.Module
+  data: object
+  consts: tuple               # model inputs that are the same for every batch
+  example_batch: dict         # one-row model batch, for init
+  loss_terms: tuple[str, ...]
+  flops_per_step: float | None = None
+
+
+def available() -> list[str]:
+  return sorted(m.name for m in pkgutil.iter_modules(__path__))
+
+
+def get(name: str) -> ModuleType:
+  """The module of task `name` (config.task)."""
+  if name not in available():
+    raise ValueError(f"config.task {name!r} is not a task; available: "
+                     f"{', '.join(available())} (modules in ssacl_jax/tasks/)")
+  return importlib.import_module(f"{__name__}.{name}")
