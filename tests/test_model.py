@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import ssacl_vitb16
-from ssacl_jax import convert, layers, param_count, sharding, train
+from ssacl_jax import convert, layers, param_count, sharding, steps, train
 from ssacl_jax.models import ssacl
 from tiny_config import tiny_config
 
@@ -215,14 +215,14 @@ def test_jitted_forward_backward_on_8_device_mesh_with_fsdp_params(tiny, scan_la
     return lambda p, b: fn(p, b, tokens, jax.random.key(7))
 
   replicated = NamedSharding(mesh, P())
-  step = jax.jit(jax.value_and_grad(loss(train.make_loss_fn(config, model, shardings)),
+  step = jax.jit(jax.value_and_grad(loss(steps.make_loss_fn(config, model, shardings)),
                                     has_aux=True),
                  in_shardings=(shardings, batch_sharding),
                  out_shardings=((replicated, replicated), shardings))
   with jax.set_mesh(mesh):
     (value, metrics), grads = step(params, jax.device_put(big, batch_sharding))
   (ref_value, ref_metrics), ref_grads = jax.jit(jax.value_and_grad(
-      loss(train.make_loss_fn(config, model)), has_aux=True))(variables["params"], big)
+      loss(steps.make_loss_fn(config, model)), has_aux=True))(variables["params"], big)
   np.testing.assert_allclose(value, ref_value, rtol=1e-4)
   for name in ssacl.LOSS_NAMES:   # each of the five losses, sharded as unsharded
     np.testing.assert_allclose(metrics[f"loss_{name}"], ref_metrics[f"loss_{name}"],
