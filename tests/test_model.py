@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import ssacl_vitb16
-from ssacl_jax import convert, layers, param_count, sharding, steps, train
+from ssacl_jax import convert, layers, param_count, sharding, steps
 from ssacl_jax.models import ssacl
 from tiny_config import tiny_config
 
