@@ -12,7 +12,6 @@ import ctypes
 import dataclasses
 import logging
 import signal
-from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -21,8 +20,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssacl_jax import (checkpointing, cli, config_lib, data as data_lib, flops, layers, optim,
-                       perf, pretrained, sharding, state as state_lib)
+from ssacl_jax import (checkpointing, cli, config_lib, data as data_lib, evaluators, flops, layers,
+                       optim, perf, pretrained, sharding, state as state_lib)
 from ssacl_jax.metric_writers import MetricWriter
 from ssacl_jax.models import ssacl
 
@@ -39,36 +38,20 @@ class Task:
   model.apply({"params": p}, batch, *consts, rngs={"mask": key}) -> (loss, metrics) with
   metrics["loss_<term>"] for every term in loss_terms (checked for finiteness, named in
   errors). data: next_train_batch(), train_iterator (checkpointed), skip_stats().
-  make_validate(setup, mesh, batch_sharding) -> (state -> {"val_...": float}).
+  Validation: the evaluators of config.evals with an interval (ssacl_jax/evaluators/).
   """
   model: nn.Module
   data: object
   consts: tuple               # model inputs that are the same for every batch
   example_batch: dict         # one-row model batch, for init
   loss_terms: tuple[str, ...]
-  make_validate: Callable
 
 
 def pretraining_task(config, mesh, batch_sharding, workdir) -> Task:
-  """SS-ACL pretraining: the five losses; validation = mean validation losses."""
+  """SS-ACL pretraining: the five losses."""
   data = data_lib.TrainingData(config, mesh, batch_sharding, workdir)
-
-  def make_validate(setup, mesh, batch_sharding):
-    replicated = NamedSharding(mesh, P())
-    eval_step = jax.jit(make_eval_step(config, setup),
-                        in_shardings=(setup.shardings["params"], batch_sharding, replicated,
-                                      replicated, replicated),
-                        out_shardings=replicated, compiler_options=state_lib.compiler_options())
-    def validate(state):
-      scores = evaluate_loss(config, eval_step, state, data, mesh, batch_sharding)
-      if config.eval.val_generate_examples:
-        scores.update(validation_generation(config, state, data, mesh, batch_sharding))
-      return scores
-
-    return validate
-
   return Task(ssacl.build_model(config.model), data, data.anatomy_tokens,
-              ssacl.dummy_batch(config, 1), ssacl.LOSS_NAMES, make_validate)
+              ssacl.dummy_batch(config, 1), ssacl.LOSS_NAMES)
 
 
 def make_task(config, mesh, batch_sharding, workdir) -> Task:
@@ -182,20 +165,6 @@ def make_train_step(config, setup: state_lib.StateSetup, loss_terms=ssacl.LOSS_N
   return train_step
 
 
-def make_eval_step(config, setup: state_lib.StateSetup):
-  model, rules = setup.model, sharding.rules(config)
-  compute_dtype = ssacl.dtype_from_name(config.model.dtype)
-
-  def eval_step(params, batch, *args):
-    consts, key = args[:-1], args[-1]
-    params = layers.cast_matmul_weights(params, compute_dtype)
-    with nn.logical_axis_rules(rules):
-      _, metrics = model.apply({"params": params}, batch, *consts, rngs={"mask": key})
-    return metrics
-
-  return eval_step
-
-
 def check_batch_fits_mesh(global_batch: int, accum: int, mesh) -> None:
   """Each microbatch must split evenly over the batch-sharded mesh axes and processes."""
   shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
@@ -286,33 +255,6 @@ class PreemptionFlag:
 
 
 # ----------------------------------------------------------------------------- loop
-def evaluate_loss(config, eval_step, state, data, mesh, batch_sharding) -> dict:
-  """Mean validation losses (fixed masking key) over the validation split."""
-  key = jax.random.key(config.train.seed + 1)
-  totals, count = {}, 0
-  for batch in data.eval_batches(config.data.eval_split, config.train.global_batch_size,
-                                 max_examples=config.eval.max_examples or None):
-    metrics = eval_step(state["params"], batch, *data.anatomy_tokens, key)
-    for k, v in metrics.items():
-      if k.startswith("loss"):
-        totals[k] = totals.get(k, 0.0) + float(v)
-    count += 1
-  return {f"val_{k}": v / max(count, 1) for k, v in totals.items()}
-
-
-def validation_generation(config, state, data, mesh, batch_sharding) -> dict:
-  """{"val_language/BLEU_4", "val_clinical/micro14/f1", ...} of reports generated for the
-  first eval.val_generate_examples validation examples (evaluate.validation_scores), so
-  that checkpoint.best_metric can choose the checkpoint by them."""
-  from ssacl_jax import evaluate, inference
-  restored = inference.Restored(config, mesh, ssacl.build_model(config.model), state["params"],
-                                data.tokenizers, data.anatomy_tokens, int(state["step"]),
-                                batch_sharding)
-  scores = evaluate.validation_scores(restored, config.data.eval_split,
-                                      config.eval.val_generate_examples)
-  return {f"val_{k}": v for k, v in scores.items()}
-
-
 def restore_or_initialise(config, ckpt, setup, state, data) -> dict:
   """The state to start from: WORKDIR's latest checkpoint (and the data stream's position),
   else config.init's pretrained weights for a fresh run, else `state` as initialised."""
@@ -397,7 +339,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                       replicated),
         out_shardings=(setup.shardings, replicated, replicated), donate_argnums=(0,),
         compiler_options=state_lib.compiler_options())
-    validate = task.make_validate(setup, mesh, batch_sharding)
+    evaluation = evaluators.Context(config, workdir, mesh=mesh, batch_sharding=batch_sharding,
+                                    model=task.model, tokenizers=getattr(data, "tokenizers", None),
+                                    anatomy_tokens=task.consts)
     base_key = jax.random.key(t.seed)
     record = jax.device_put(no_nonfinite_step(len(task.loss_terms)), replicated)
 
@@ -441,7 +385,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
           last = log_metrics(writer, step, metrics, data, meter, t.global_batch_size)
         if evals:
           with goodput.timing("evaluation"):
-            val = validate(state)
+            val = evaluators.run_all(config, evaluation.at(state), during_training=True,
+                                     step=step)
           writer.write(step, val)
           writer.validation(step, val)
           last.update(val)
