@@ -2,10 +2,11 @@
 
 Each type is a module of this package with `run(config, ctx, settings) -> {metric: value}`
 (it may write files under the workdir); `get(type)` finds it by name. An entry with
-every_steps > 0 runs inside training at that interval, on the validation split, so that
-checkpoint.best_metric can choose among the checkpoints; every_steps 0: in `--mode eval`
-(`evaluate_workdir`), on config.eval.split. config.eval holds what they share (split,
-checkpoint step, batch size, decoding, labeler, ...).
+every_steps > 0 runs inside training at that interval (validation_loss and downstream score
+the validation split there, so that checkpoint.best_metric can choose among the
+checkpoints); every_steps 0: in `--mode eval` (`evaluate_workdir`), on config.eval.split.
+config.eval holds what they share (split, checkpoint step, batch size, decoding,
+labeler, ...).
 
   validation_loss  the SS-ACL losses on the validation split (and, with
                    eval.val_generate_examples, scores of reports generated for it)
@@ -35,7 +36,7 @@ class Context:
   of the live train state (`Context(config, workdir, mesh=..., model=..., tokenizers=...,
   anatomy_tokens=...).at(state)` at each evaluation) or restored from the workdir by the
   first evaluator that needs them (`restored`). `cache` holds what the evaluators of one
-  evaluation share (the per-study pass, jitted functions)."""
+  evaluation share (the per-study pass); `compiled`, the jitted functions of a run."""
   config: object
   workdir: str
   during_training: bool = False
@@ -48,10 +49,11 @@ class Context:
   step: int = 0
   step_rule: str = "latest"
   cache: dict = dataclasses.field(default_factory=dict)
+  compiled: dict = dataclasses.field(default_factory=dict)
 
   def at(self, state) -> "Context":
-    """This context with the parameters and step of a train state (the cache shared)."""
-    return dataclasses.replace(self, params=state["params"], step=int(state["step"]))
+    """A fresh evaluation of the parameters and step of a train state (compiled kept)."""
+    return dataclasses.replace(self, params=state["params"], step=int(state["step"]), cache={})
 
   def restored(self, restore=None) -> "Context":
     """This context, with the checkpoint of config.eval.step restored into it first when it

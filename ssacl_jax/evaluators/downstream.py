@@ -84,18 +84,18 @@ def restore(config, workdir, *, step: str) -> inference.Restored:
 
 def predict_fn(config, ctx):
   """Jitted params, images -> probabilities ([B, C] or [B, S, S]), replicated out; compiled
-  once per run (ctx.cache)."""
-  if "downstream_predict" not in ctx.cache:
+  once per run (ctx.compiled)."""
+  if "downstream_predict" not in ctx.compiled:
     rules, model = sharding.rules(config), ctx.model
 
     def predict(params, images):
       with nn.logical_axis_rules(rules):
         return model.apply({"params": params}, images, method=models.Finetuner.predict)
 
-    ctx.cache["downstream_predict"] = jax.jit(
+    ctx.compiled["downstream_predict"] = jax.jit(
         predict, out_shardings=NamedSharding(ctx.mesh, P()),
         compiler_options=state_lib.compiler_options())
-  return ctx.cache["downstream_predict"]
+  return ctx.compiled["downstream_predict"]
 
 
 def score_split(config, ctx, split: str) -> dict:

@@ -48,11 +48,11 @@ def make_eval_step(config, model):
 
 def validation_losses(config, ctx) -> dict:
   """Mean validation losses (fixed masking key) over the validation split's full batches."""
-  if "eval_step" not in ctx.cache:  # compiled once per run
-    ctx.cache["eval_step"] = jax.jit(make_eval_step(config, ctx.model),
+  if "eval_step" not in ctx.compiled:  # compiled once per run
+    ctx.compiled["eval_step"] = jax.jit(make_eval_step(config, ctx.model),
                                      out_shardings=NamedSharding(ctx.mesh, P()),
                                      compiler_options=state_lib.compiler_options())
-  eval_step, key = ctx.cache["eval_step"], jax.random.key(config.train.seed + 1)
+  eval_step, key = ctx.compiled["eval_step"], jax.random.key(config.train.seed + 1)
   totals, count = {}, 0
   for batch, local in _studies.eval_batches(ctx, config.data.eval_split,
                                             batch_size=config.train.global_batch_size,
