@@ -28,7 +28,7 @@ from absl import app, flags
 from configs import demo as demo_configs
 from ssacl_jax import checkpointing, config_lib
 
-# (table header, metrics.json key); the keys are ssacl_jax/evaluate.py's.
+# (table header, metrics.json key); the keys are those the evaluators write (ssacl_jax/evaluators/).
 COLUMNS = (
     ("BLEU-4", "language/BLEU_4"),
     ("CIDEr", "language/CIDEr"),

@@ -196,7 +196,16 @@ def base_config() -> ml_collections.ConfigDict:
   e.builder = ml_collections.ConfigDict(dict(annotations=""))  # ms_cxr: the MS-CXR JSON
   e.manual_dir = ""            # '' = data.manual_dir (ms_cxr: the MIMIC-CXR-JPG root)
 
-  c.head = h = ml_collections.ConfigDict()   # the pathology head stage (--mode head)
+  # Evaluators (ssacl_jax/evaluators/<type>.py), sharing c.eval's settings. every_steps > 0:
+  # inside training, on the validation split; 0: in --mode eval, on eval.split.
+  c.evals = ml_collections.ConfigDict(dict(
+      validation_loss=dict(type="validation_loss", every_steps=t.get_ref("eval_every_steps")),
+      reports=dict(type="reports", every_steps=0),
+      pathology_head=dict(type="pathology_head", every_steps=0),
+      grounding=dict(type="grounding", every_steps=0),
+      zero_shot=dict(type="zero_shot", every_steps=0)))
+
+  c.head = h = ml_collections.ConfigDict()   # the pathology head (fitted by --mode head or eval)
   h.steps = 500
   h.learning_rate = 1e-2
   h.weight_decay = 1e-4
@@ -323,7 +332,8 @@ def _finetune_problems(config) -> list[str]:
 
 
 def finetune_config(arg, *, dataset: str, kind: str, base=None):
-  """Fine-tuning a pretrained SS-ACL image encoder on a downstream set (ssacl_jax/finetune.py).
+  """Fine-tuning a pretrained SS-ACL image encoder on a downstream set (ssacl_jax/finetune.py,
+  scored by ssacl_jax/evaluators/downstream.py).
 
   base: the pretraining config whose model to use (default: the paper's, base_config()).
   Variants: label_fraction (1.0, 0.1, 0.01), linear_probe, init (the pretraining workdir
@@ -356,6 +366,9 @@ def finetune_config(arg, *, dataset: str, kind: str, base=None):
   c.train.eval_every_steps = max(1, a.steps // 10)
   c.train.checkpoint_every_steps = c.train.eval_every_steps
   c.train.log_every_steps = max(1, min(50, a.steps // 20))
+  c.evals = ml_collections.ConfigDict(dict(
+      validation=dict(type="downstream", every_steps=c.train.get_ref("eval_every_steps")),
+      test=dict(type="downstream", every_steps=0)))
   c.checkpoint.best_metric = "val_auroc_mean" if kind == "classification" else "val_dice"
   c.checkpoint.best_mode = "max"
   c.checkpoint.max_to_keep = 1

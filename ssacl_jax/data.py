@@ -13,7 +13,6 @@ import shutil
 import threading
 
 import jax
-import numpy as np
 
 from input_pipeline import build, builders, features, pipeline, tokenizers as tok_lib
 from input_pipeline.builders import common
@@ -181,7 +180,7 @@ def check_vocab(config, text, decoder, text_source, decoder_source) -> None:
 
 
 class TrainingData:
-  """Training iterator (checkpointable), evaluation batches and anatomy tokens."""
+  """Training iterator (checkpointable), tokenizers and anatomy tokens."""
 
   def __init__(self, config, mesh, batch_sharding, workdir=None):
     self.config, self.mesh = config, mesh
@@ -203,20 +202,39 @@ class TrainingData:
   def skip_stats(self) -> dict:
     return {"data_records_seen": self.tracker.seen, "data_records_skipped": self.tracker.skipped}
 
-  def eval_batches(self, split: str, batch_size: int, max_examples=None, full_only=True):
-    """Global model batches over `split` (padded rows dropped when full_only)."""
-    source = load_source(self.config, split)
-    if max_examples:
-      source = _Head(source, max_examples)
-    it = pipeline.make_eval_iterator(source, self.config, self.tokenizers, jax.process_index(),
-                                     jax.process_count(), batch_size // jax.process_count())
-    yielded = False
-    for local in it:
-      if full_only and yielded and not np.all(local["valid"]):
-        continue
-      yielded = True
-      yield pipeline.make_global_batch({k: local[k] for k in pipeline.TRAIN_KEYS},
-                                       self.mesh, self.batch_spec)
+
+def first_records(source, n: int):
+  """The first n records of a source (all of them when it has fewer)."""
+  return _FirstRecords(source, n)
+
+
+class _FirstRecords:
+
+  def __init__(self, source, n):
+    self.source, self.n = source, min(n, len(source))
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    if i >= self.n:
+      raise IndexError(i)
+    return self.source[i]
+
+
+def eval_batches(source, local_batches, mesh, batch_sharding, model_keys, batch_size: int):
+  """One ordered pass over `source`: (global model batch, this process's local batch).
+
+  The one source of evaluation batches. local_batches(source, process_index,
+  process_count, per_process_batch) is the task's evaluation pipeline
+  (pipeline.make_eval_iterator, finetune_pipeline.make_eval_iterator); the model batch
+  holds its `model_keys` on the mesh, the local batch keeps every field (`valid` marks
+  real rows; texts and ids pass through).
+  """
+  for local in local_batches(source, jax.process_index(), jax.process_count(),
+                             batch_size // jax.process_count()):
+    yield pipeline.make_global_batch({k: local[k] for k in model_keys if k in local},
+                                     mesh, batch_sharding.spec), local
 
 
 class DevicePrefetcher:
@@ -288,18 +306,3 @@ class IteratorPosition:
 
   def get_state(self) -> bytes:
     return self.state if isinstance(self.state, bytes) else json.dumps(self.state, indent=4).encode()
-
-
-class _Head:
-  """The first n records of a source."""
-
-  def __init__(self, source, n):
-    self.source, self.n = source, min(n, len(source))
-
-  def __len__(self):
-    return self.n
-
-  def __getitem__(self, i):
-    if i >= self.n:
-      raise IndexError(i)
-    return self.source[i]

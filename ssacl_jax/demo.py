@@ -46,7 +46,8 @@ def run(config, workdir, tag: str = "demo") -> dict:
   """The four stages (three without a warm start), each announced with the time left.
   Returns the stage times (s)."""
   import jax
-  from ssacl_jax import config_lib, evaluate, pathology_head, train
+  from ssacl_jax import config_lib, evaluators, train
+  from ssacl_jax.evaluators import pathology_head
   config_lib.validate(config)
   stages = config_lib.warm_start_configs(config, workdir)
   config = stages[-1][0]
@@ -73,10 +74,10 @@ def run(config, workdir, tag: str = "demo") -> dict:
   train.train_and_evaluate(config, workdir)
   times["train_s"] = time.time() - t
   t = begin(k + 1, "fitting the pathology head on the frozen encoder")
-  pathology_head.train_head(config, workdir)
+  pathology_head.fit(config, workdir)
   times["head_s"] = time.time() - t
   t = begin(k + 2, f"evaluating on the {config.eval.split} split")
-  evaluate.evaluate(config, workdir)
+  evaluators.evaluate_workdir(config, workdir)
   times["eval_s"] = time.time() - t
   times["total_s"] = time.time() - start
   print(json.dumps({f"{tag}_times": {n: round(v, 1) for n, v in times.items()}}))

@@ -1,6 +1,6 @@
-"""Restore a trained model for inference and run jitted functions over a split.
+"""Restore a trained SS-ACL and run it: its inputs, grounding maps and generated reports.
 
-Shared by the pathology-head stage, evaluation and prediction: one place that turns
+Shared by the evaluators (ssacl_jax/evaluators/) and prediction (predict.py): one place that turns
 (config, workdir) into a mesh, tokenizers, the model and its restored parameters.
 """
 from __future__ import annotations
@@ -9,12 +9,14 @@ import dataclasses
 import logging
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from input_pipeline import pipeline, tokenizers as tok_lib
-from ssacl_jax import checkpointing, data as data_lib, pretrained, sharding, train, state as state_lib
+from input_pipeline import tokenizers as tok_lib
+from ssacl_jax import (anatomy, checkpointing, data as data_lib, generate, pretrained, sharding,
+                       state as state_lib)
 from ssacl_jax.models import ssacl
 
 
@@ -82,22 +84,6 @@ def gather(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def eval_batches(r: Restored, split: str, *, batch_size: int | None = None,
-                 max_examples: int | None = None, use_prompt: bool = False):
-  """(global model batch, local host batch with passthrough fields) over one split."""
-  source = data_lib.load_source(r.config, split)
-  if max_examples:
-    source = data_lib._Head(source, max_examples)
-  batch_size = batch_size or r.config.eval.batch_size
-  it = pipeline.make_eval_iterator(source, r.config, r.tokenizers, jax.process_index(),
-                                   jax.process_count(), batch_size // jax.process_count(),
-                                   use_prompt)
-  for local in it:
-    model_batch = pipeline.make_global_batch({k: local[k] for k in pipeline.TRAIN_KEYS},
-                                             r.mesh, r.batch_sharding.spec)
-    yield model_batch, local
-
-
 def jit_method(r: Restored, fn):
   """jit `fn(model, *args)` applied with the restored parameters."""
   def run(params, *args):
@@ -106,5 +92,74 @@ def jit_method(r: Restored, fn):
   return lambda *args: jitted(r.params, *args)
 
 
-def concat(chunks: list[dict]) -> dict:
-  return {k: np.concatenate([np.asarray(c[k]) for c in chunks]) for k in chunks[0]}
+# ----------------------------------------------------------------------------- model inputs
+def encode_batch(tok, texts, length: int, cls: bool = True):
+  """Texts -> (ids [n, length], mask [n, length]) for the text encoder; cls False for
+  grounding phrases, which are encoded like the leaf names they stand in for."""
+  pairs = [tok_lib.encode_text(tok, t, length, cls) for t in texts]
+  return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def prompt_batch(tok, prompts, prompt_len: int):
+  """Pathology prompts -> right-padded decoder ids [n, prompt_len + 1] ending in newline."""
+  ids = np.full((len(prompts), prompt_len + 1), tok.pad_id, np.int32)
+  mask = np.zeros_like(ids)
+  for i, text in enumerate(prompts):
+    if text:
+      row = tok.encode(text)[:prompt_len] + [tok.newline_id]
+      ids[i, :len(row)], mask[i, :len(row)] = row, 1
+  return ids, mask
+
+
+def labels_to_prompt_and_mask(labels, prompt: bool = True):
+  """Pathology prompts ('' for all with prompt False: `eval.pathology_prompt`) and leaf masks."""
+  prompts = [anatomy.prompt_text(l) if prompt else "" for l in labels]
+  masks = np.stack([anatomy.leaf_mask_from_labels(l) for l in labels]).astype(np.int32)
+  return prompts, masks
+
+
+def decode_reports(tok, tokens, lengths) -> list[str]:
+  out = []
+  for row, n in zip(np.asarray(tokens), np.asarray(lengths)):
+    # Ids past the tokenizer's vocabulary (the model's table may be larger) are dropped.
+    row = [int(t) for t in row[:int(n)] if int(t) != tok.newline_id and int(t) < tok.vocab_size]
+    out.append(tok.decode(row).strip())
+  return out
+
+
+# ----------------------------------------------------------------------------- model outputs
+def grounding_maps(model, images, anatomy_ids, anatomy_mask, phrase_ids, phrase_mask):
+  """The maps every grounding output is drawn from, and the image features:
+  (anatomy maps [B, G+1, N], maps of each image's phrases [B, F+1, N] (phrase_ids
+  [B * F, L], F per image), image embedding [B, Dt], CLS + mean patch features [B, 2D])."""
+  b = images.shape[0]
+  anat = model.anatomy_attention(images, anatomy_ids, anatomy_mask)
+  phrase_q = model.phrase_queries(phrase_ids, phrase_mask).reshape(b, -1, model.config.encoder.width)
+  phrase = model.query_attention(images, phrase_q)
+  cls, mean_patch, image_emb = model.image_features(images)
+  feats = jnp.concatenate([cls, mean_patch], axis=-1).astype(jnp.float32)
+  return anat, phrase, image_emb.astype(jnp.float32), feats
+
+
+def text_embeddings(model, ids, mask):
+  return model.encode_text(ids, mask).astype(jnp.float32)
+
+
+def decode_config(r: Restored):
+  """config.eval.decode with the report tokenizer's end and padding ids."""
+  dec_tok = r.tokenizers.decoder
+  return generate.decode_config(r.config.eval.decode, eos_id=dec_tok.newline_id,
+                                pad_id=dec_tok.pad_id)
+
+
+def generate_reports(r: Restored, images, predicted, decode_cfg) -> list[str]:
+  """Reports for a batch of images, prompted by the positive pathologies in `predicted`
+  (config.eval.pathology_prompt) and masked to their leaves."""
+  dec_tok = r.tokenizers.decoder
+  prompts, leaf_masks = labels_to_prompt_and_mask(predicted,
+                                                  r.config.eval.get("pathology_prompt", True))
+  prompt_ids, prompt_mask = prompt_batch(dec_tok, prompts, r.config.data.prompt_len)
+  gen = generate.generate_reports(r.model, {"params": r.params}, images, *r.anatomy_tokens,
+                                  jnp.asarray(leaf_masks), decode_cfg,
+                                  prompt_ids=prompt_ids, prompt_mask=prompt_mask)
+  return decode_reports(dec_tok, gather(gen.tokens), gather(gen.lengths))

@@ -41,8 +41,12 @@ def l2_normalize(x, eps: float = 1e-12):
   """x / max(||x||_2, eps) over the last axis, like torch.nn.functional.normalize.
 
   x: [..., D] -> [..., D] float32. The norm is sqrt(max(sum x^2, eps^2)), which equals
-  max(||x||, eps) and keeps the gradient finite at x = 0.
+  max(||x||, eps) and keeps the gradient finite at x = 0. A NumPy array (embeddings
+  being scored) is normalised in float64 on the host instead.
   """
+  if isinstance(x, np.ndarray):
+    x = x.astype(np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
   x = _f32(x)
   sq = jnp.sum(x * x, axis=-1, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))

@@ -7,7 +7,6 @@ Config fields are overridden with `--config.a.b=value`; variants with `configs/x
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 
@@ -39,10 +38,9 @@ def initialize_hosts() -> None:
 
 
 def evaluate_workdir(config, workdir: str):
-  """--mode eval: score a trained workdir with the function the task names (EVALUATE).
-  At the merge with the evaluators this becomes their run over a restored checkpoint."""
-  module, _, function = tasks.get(config.task).EVALUATE.partition(":")
-  return getattr(importlib.import_module(module), function)(config, workdir)
+  """--mode eval: config.evals' evaluators over the checkpoint of eval.step."""
+  from ssacl_jax import evaluators
+  return evaluators.evaluate_workdir(config, workdir)
 
 
 def train_task(config, workdir: str):
@@ -58,8 +56,9 @@ def train_then_evaluate(config, workdir: str):
 
 
 def fit_pathology_head(config, workdir: str):
-  from ssacl_jax import pathology_head
-  return pathology_head.train_head(config, workdir)
+  """--mode head: fit (or refit) the pathology head on the frozen encoder."""
+  from ssacl_jax.evaluators import pathology_head
+  return pathology_head.fit(config, workdir)
 
 
 MODES = {"train": train_task, "head": fit_pathology_head,

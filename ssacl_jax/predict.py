@@ -21,13 +21,13 @@ import os
 import pathlib
 import sys
 
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
 from input_pipeline import transforms
-from ssacl_jax import anatomy, cli, config_lib, evaluate, generate, inference, pathology_head
+from ssacl_jax import anatomy, cli, config_lib, inference
 from ssacl_jax.evaluation import grounding, report_card
+from ssacl_jax.evaluators import pathology_head
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (checkpoints, config.json).")
 _IMAGES = flags.DEFINE_multi_string("image", None, "Radiograph file(s): PNG, JPEG or DICOM.")
@@ -92,36 +92,22 @@ def provenance_lines(about: dict) -> list[str]:
   return lines
 
 
-def _maps(model, images, anatomy_ids, anatomy_mask, phrase_ids, phrase_mask):
-  anat = model.anatomy_attention(images, anatomy_ids, anatomy_mask)
-  phrase = model.query_attention(images, model.phrase_queries(phrase_ids, phrase_mask))
-  cls, mean_patch, _ = model.image_features(images)
-  return anat, phrase, jnp.concatenate([cls, mean_patch], -1).astype(jnp.float32)
-
-
 def predict(r: inference.Restored, workdir, image_path, grey, phrases, out_dir) -> dict:
   c = r.config
   resized = transforms.resize_grey(grey, c.model.image_size)
   images = transforms.normalise(resized, c.model.channels)[None]
   texts = list(phrases) or ["lungs"]
-  p_ids, p_mask = evaluate.encode_batch(r.tokenizers.text, [t.lower() for t in texts],
-                                        c.data.text_len, cls=False)
-  anat, phrase_maps, feats = inference.jit_method(r, _maps)(images, *r.anatomy_tokens, p_ids, p_mask)
+  p_ids, p_mask = inference.encode_batch(r.tokenizers.text, [t.lower() for t in texts],
+                                         c.data.text_len, cls=False)
+  anat, phrase_maps, _, feats = inference.jit_method(r, inference.grounding_maps)(
+      images, *r.anatomy_tokens, p_ids, p_mask)
   try:
-    head = pathology_head.load_head(workdir)
-    labels = anatomy.no_finding_exclusive(pathology_head.positives_from_head(head, np.asarray(feats)))
+    head = pathology_head.load(workdir)
+    labels = anatomy.no_finding_exclusive(pathology_head.positives(head, np.asarray(feats)))
     probs = pathology_head.predict_proba(head, np.asarray(feats))[0]
   except FileNotFoundError:
     head, labels, probs = None, np.zeros((1, anatomy.NUM_PATHOLOGIES), np.int8), None
-  prompts, leaf_masks = evaluate.labels_to_prompt_and_mask(
-      labels, c.eval.get("pathology_prompt", True))
-  dec_tok = r.tokenizers.decoder
-  prompt_ids, prompt_mask = evaluate.prompt_batch(dec_tok, prompts, c.data.prompt_len)
-  cfg = generate.decode_config(c.eval.decode, eos_id=dec_tok.newline_id, pad_id=dec_tok.pad_id)
-  gen = generate.generate_reports(r.model, {"params": r.params}, images, *r.anatomy_tokens,
-                                  jnp.asarray(leaf_masks), cfg, prompt_ids=prompt_ids,
-                                  prompt_mask=prompt_mask)
-  report = evaluate.decode_reports(dec_tok, gen.tokens, gen.lengths)[0]
+  report = inference.generate_reports(r, images, labels, inference.decode_config(r))[0]
   pathologies = list(anatomy.positive_pathologies(labels[0]))
 
   out_dir = pathlib.Path(out_dir)

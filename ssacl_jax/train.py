@@ -15,8 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssacl_jax import (checkpointing, cli, config_lib, data as data_lib, flops, optim, perf,
-                       pretrained, sharding, state as state_lib, steps, tasks)
+from ssacl_jax import (checkpointing, cli, config_lib, data as data_lib, evaluators, flops, optim,
+                       perf, pretrained, sharding, state as state_lib, steps, tasks)
 from ssacl_jax.metric_writers import MetricWriter
 
 
@@ -143,27 +143,6 @@ def log_goodput(writer, step: int, goodput) -> dict:
   return summary
 
 
-# ----------------------------------------------------------------------------- evaluation
-# The one place the trainer evaluates. At the merge with the evaluators (ssacl_jax/
-# evaluators), make_evaluate_due's body becomes a call of
-# evaluators.run_all(config, ctx, during_training=True, step=step) with ctx built from the
-# live state, and evaluations_due asks them which are due.
-def evaluations_due(t, step: int) -> bool:
-  """Whether anything is evaluated after `step` (t: config.train)."""
-  return bool(t.eval_every_steps) and (step % t.eval_every_steps == 0 or step == t.num_steps)
-
-
-def make_evaluate_due(config, task_module, task, setup, mesh, batch_sharding):
-  """(state, step) -> the scores of the evaluations due at `step` ({"val_...": float})."""
-  validate = task_module.make_validate(config, task, setup, mesh, batch_sharding)
-
-  def evaluate_due(state, step):
-    del step   # the task's validation is the one evaluation, due at every interval
-    return validate(state)
-
-  return evaluate_due
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Train config's task; resume from WORKDIR/checkpoints when present.
 
@@ -185,8 +164,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       config_lib.save_workdir_config(config, workdir)
 
     # Input and model.
-    task_module = tasks.get(config.task)
-    task = task_module.build(config, mesh, batch_sharding, workdir)
+    task = tasks.get(config.task).build(config, mesh, batch_sharding, workdir)
     data = task.data
     config = optim.with_schedule(config, len(data.train_source))  # step counts from epochs
     t = config.train
@@ -200,11 +178,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start = int(state["step"])
 
   with goodput.timing("initialization"):
-    # Update step (carrying the non-finite record) and evaluations.
+    # Update step (carrying the non-finite record) and the in-training evaluators.
     replicated = NamedSharding(mesh, P())
     train_step = steps.jit_train_step(config, setup, mesh, len(task.consts), task.loss_terms,
                                       compiler_options=state_lib.compiler_options())
-    evaluate_due = make_evaluate_due(config, task_module, task, setup, mesh, batch_sharding)
+    evaluation = evaluators.Context(config, workdir, mesh=mesh, batch_sharding=batch_sharding,
+                                    model=task.model, tokenizers=getattr(data, "tokenizers", None),
+                                    anatomy_tokens=task.consts)
     base_key = jax.random.key(t.seed)
     record = jax.device_put(steps.no_nonfinite_step(len(task.loss_terms)), replicated)
 
@@ -237,7 +217,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           profiler.after_step(step, state)
         logs = step % t.log_every_steps == 0 or step == t.num_steps
         saves = step % t.checkpoint_every_steps == 0 or step == t.num_steps
-        evals = evaluations_due(t, step)
+        evals = bool(evaluators.due(config, during_training=True, step=step))
         stop = step == t.stop_at_step or preempted.should_stop(sync_point=logs or evals or saves)
         saves = saves or stop
         if not (logs or evals or saves):
@@ -249,7 +229,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
           last = log_metrics(writer, step, metrics, data, meter, t.global_batch_size)
         if evals:
           with goodput.timing("evaluation"):
-            val = evaluate_due(state, step)
+            val = evaluators.run_all(config, evaluation.at(state), during_training=True,
+                                     step=step)
           writer.write(step, val)
           writer.validation(step, val)
           last.update(val)

@@ -1,13 +1,15 @@
-"""Evaluation entry, pathology head and prediction on a tiny trained workdir."""
+"""Evaluators (`--mode eval`), pathology head and prediction on a tiny trained workdir."""
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from ssacl_jax import anatomy, checkpointing, evaluate, pathology_head, predict, train
+from ssacl_jax import anatomy, checkpointing, evaluators, predict, train
+from ssacl_jax.evaluators import _studies, pathology_head
 from ssacl_jax.evaluation import bootstrap
 from test_train import config_for
 
@@ -32,13 +34,13 @@ def trained(tiny_data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("trained")
   config = eval_config(tiny_data_dir)
   train.train_and_evaluate(config, str(workdir))
-  head_metrics = pathology_head.train_head(config, str(workdir))
+  head_metrics = pathology_head.fit(config, str(workdir))
   return config, workdir, head_metrics
 
 
 def test_pathology_head_is_saved_with_thresholds(trained):
   _, workdir, head_metrics = trained
-  head = pathology_head.load_head(workdir)
+  head = pathology_head.load(workdir)
   assert head["w"].shape[1] == anatomy.NUM_PATHOLOGIES
   assert head["thresholds"].shape == (anatomy.NUM_PATHOLOGIES,)
   assert 0.0 <= head_metrics["val_micro_f1"] <= 1.0
@@ -60,7 +62,7 @@ def test_validation_generation_chooses_the_scored_checkpoint(trained):
 
 def test_eval_writes_reports_metrics_heatmaps_and_card(trained):
   config, workdir, _ = trained
-  metrics = evaluate.evaluate(config, str(workdir))
+  metrics = evaluators.evaluate_workdir(config, str(workdir))
   out = workdir / "eval" / "test"
   rows = [json.loads(l) for l in (out / "reports.jsonl").read_text().splitlines()]
   assert len(rows) == metrics["examples"] == 8
@@ -109,14 +111,35 @@ def test_eval_writes_reports_metrics_heatmaps_and_card(trained):
 def test_oracle_labels_option_uses_the_reference_labels(trained):
   config, workdir, _ = trained
   config = config.copy_and_resolve_references()
-  config.eval.pathology_source = evaluate.ORACLE
+  config.eval.pathology_source = _studies.ORACLE
   config.eval.max_examples = 4
-  evaluate.evaluate(config, str(workdir))
+  evaluators.evaluate_workdir(config, str(workdir))
   rows = [json.loads(l) for l in (workdir / "eval" / "test" / "reports.jsonl").read_text().splitlines()]
   assert len(rows) == 4
   for r in rows:
     assert r["predicted_pathologies"] == list(anatomy.positive_pathologies(r["labels_dataset"]))
   assert any(r["predicted_pathologies"] for r in rows)
+
+
+def test_mode_eval_fits_the_missing_pathology_head(uninterrupted, tiny_data_dir, tmp_path):
+  """--mode eval on a freshly trained workdir: the pathology_head evaluator fits and saves
+  the head first, then every evaluator scores with it."""
+  workdir = tmp_path / "fresh"
+  shutil.copytree(uninterrupted, workdir)
+  assert not (workdir / pathology_head.HEAD_DIR).exists()
+  config = eval_config(tiny_data_dir)
+  config.eval.max_examples, config.eval.bootstrap_resamples = 4, 10
+  metrics = evaluators.evaluate_workdir(config, str(workdir))
+  assert pathology_head.load(workdir)["thresholds"].shape == (anatomy.NUM_PATHOLOGIES,)
+  assert metrics["examples"] == 4 and "pathology_head/auroc_mean" in metrics
+  assert (workdir / "eval" / "test" / "report_card.html").is_file()
+
+
+def test_evaluator_types_are_found_by_name():
+  assert evaluators.get("zero_shot").run
+  with pytest.raises(ValueError, match="type 'bleu': expected one of downstream, grounding, "
+                                       "pathology_head, reports, validation_loss, zero_shot"):
+    evaluators.get("bleu")
 
 
 def test_predict_on_real_radiographs(trained, shared_data, tmp_path):

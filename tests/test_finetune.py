@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssacl_jax import (checkpointing, config_lib, finetune, main, sharding, state as state_lib,
-                       steps, train)
+from ssacl_jax import checkpointing, config_lib, main, sharding, state as state_lib, steps, train
+from ssacl_jax.evaluators import downstream
 from ssacl_jax.models import finetune as models
 from ssacl_jax.tasks import finetune as finetune_task
 from tiny_finetune_config import tiny_finetune_config
@@ -56,8 +56,8 @@ def test_dice_scores_and_empty_baseline():
   target[1, 0, 0] = True               # 1 pixel; image 2 is empty
   pred = np.zeros_like(target)
   pred[0, :2, :1] = True               # 2 of the 4: dice 2*2/(2+4)
-  np.testing.assert_allclose(finetune.dice_per_image(pred, target), [4 / 6, 0.0, 1.0])
-  s = finetune.segmentation_scores(pred.astype(np.float32), target)
+  np.testing.assert_allclose(downstream.dice_per_image(pred, target), [4 / 6, 0.0, 1.0])
+  s = downstream.segmentation_scores(pred.astype(np.float32), target)
   np.testing.assert_allclose(s["dice"], (4 / 6 + 0 + 1) / 3)
   np.testing.assert_allclose(s["dice_empty_baseline"], 1 / 3)   # only the empty image
   np.testing.assert_allclose(s["dice_on_positive_images"], (4 / 6) / 2)
@@ -67,7 +67,7 @@ def test_dice_scores_and_empty_baseline():
 def test_classification_scores_name_every_class():
   probs = np.array([[0.9, 0.2], [0.1, 0.3], [0.8, 0.1]])
   labels = np.array([[1, 0], [0, 0], [1, 0]])
-  s = finetune.classification_scores(probs, labels, ("a", "b"))
+  s = downstream.classification_scores(probs, labels, ("a", "b"))
   assert s["auroc"] == {"a": 1.0, "b": None} and s["auroc_mean"] == 1.0
 
 

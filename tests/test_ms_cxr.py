@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from input_pipeline import build, features, synthetic, transforms
-from ssacl_jax import anatomy, evaluate, inference
+from ssacl_jax import anatomy, evaluators, inference
+from ssacl_jax.evaluators import _phrase_grounding
 from ssacl_jax.evaluation import grounding
 from test_train import config_for
 
@@ -122,7 +123,7 @@ def test_phrase_grounding_eval_scores_each_phrase_with_both_maps(uninterrupted, 
   config.eval.builder.annotations = str(annotations)
   config.eval.manual_dir = str(root / "mimic")
   config.eval.batch_size = 8
-  metrics = evaluate.evaluate(config, str(uninterrupted))
+  metrics = evaluators.evaluate_workdir(config, str(uninterrupted))
   out = uninterrupted / "eval" / "ms_cxr" / "test"
   saved = json.loads((out / "metrics.json").read_text())
   rows = [json.loads(l) for l in (out / "phrases.jsonl").read_text().splitlines()]
@@ -137,16 +138,16 @@ def test_phrase_grounding_eval_scores_each_phrase_with_both_maps(uninterrupted, 
   record, size, grid = source[0], config.model.image_size, config.model.image_size // config.model.patch
   grey = transforms.load_grey(record["image"])
   image = transforms.normalise(transforms.resize_grey(grey, size), config.model.channels)[None]
-  ids, mask = evaluate.encode_batch(r.tokenizers.text, ["there is severe cardiomegaly"],
+  ids, mask = inference.encode_batch(r.tokenizers.text, ["there is severe cardiomegaly"],
                                     config.data.text_len)
-  maps = np.asarray(inference.jit_method(r, evaluate._phrase_and_cls_maps)(image, ids, mask))[0]
+  maps = np.asarray(inference.jit_method(r, _phrase_grounding.phrase_and_cls_maps)(image, ids, mask))[0]
   data = json.loads(annotations.read_text())
   box_mask = np.zeros((size, size), bool)
   for ann in (data["annotations"][0], data["annotations"][-1]):
     x, y, w, h = ann["bbox"]
     box_mask[int(np.floor(y / HEIGHT * size)):int(np.ceil((y + h) / HEIGHT * size)),
              int(np.floor(x / WIDTH * size)):int(np.ceil((x + w) / WIDTH * size))] = True
-  for row, method in enumerate(evaluate.PHRASE_METHODS):
+  for row, method in enumerate(_phrase_grounding.PHRASE_METHODS):
     heat = grounding.smooth_and_resize(maps[row].reshape(grid, grid), (size, size),
                                         resize="nearest")
     h = (heat - heat.min()) / (heat.max() - heat.min())

@@ -129,7 +129,7 @@ def study_statistics(generated: Sequence[str], references: Sequence[str],
     cooked = bleu_scorer.cook_test(g, bleu_scorer.cook_refs([r], n=MAX_N), n=MAX_N)
     bleu.append([cooked["testlen"], cooked["reflen"][0], *cooked["guess"], *cooked["correct"]])
     hyp, ref = cider_scorer.precook(g, MAX_N), cider_scorer.precook(r, MAX_N)
-    for gram in hyp.keys() | ref.keys():
+    for gram in sorted(hyp.keys() | ref.keys()):  # sorted: the same ids under any hash seed
       entries.append((s, ids.setdefault(gram, len(ids)), len(gram), hyp.get(gram, 0),
                       ref.get(gram, 0)))
     lengths.append([sum(c for k, c in hyp.items() if len(k) == 2),

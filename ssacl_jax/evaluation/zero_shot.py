@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ssacl_jax.losses import l2_normalize
+
 NEGATIVE_TEMPLATES = ("the lung is clear.", "There is no {c}.", "no {c}.",
                       "no evidence of {c}.")
 POSITIVE_TEMPLATE = "There is {c}."
@@ -23,18 +25,13 @@ def class_prompts(c: str) -> list[str]:
   return [POSITIVE_TEMPLATE.format(c=c)] + [t.format(c=c) for t in NEGATIVE_TEMPLATES]
 
 
-def l2_normalise(x, eps: float = 1e-12) -> np.ndarray:
-  x = np.asarray(x, np.float64)
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
 def zero_shot_scores(image_emb, encode_text: Callable[[list[str]], np.ndarray],
                      classes: Sequence[str], temperature: float = 1.0) -> np.ndarray:
   """float64 [n, C]: probability of the positive prompt for each image and class."""
-  image = l2_normalise(image_emb)
+  image = l2_normalize(np.asarray(image_emb))
   per_class = len(NEGATIVE_TEMPLATES) + 1
   prompts = [p for c in classes for p in class_prompts(c)]
-  text = l2_normalise(encode_text(prompts))
+  text = l2_normalize(np.asarray(encode_text(prompts)))
   if text.shape != (len(prompts), image.shape[-1]):
     raise ValueError(f"encode_text returned {text.shape}, expected "
                      f"({len(prompts)}, {image.shape[-1]})")

@@ -2,9 +2,8 @@
 
 A task is a module `ssacl_jax/tasks/<name>.py` (config.task = '<name>') providing
   build(config, mesh, batch_sharding, workdir) -> Task
-  make_validate(config, task, setup, mesh, batch_sharding) -> (state -> {"val_...": float})
   MODES: the `--mode`s of ssacl_jax.main it runs under ('train' and 'finetune' train it)
-  EVALUATE: 'module:function' that scores a trained workdir (--mode eval)
+What is scored, during training and in `--mode eval`, is config.evals (ssacl_jax/evaluators/).
 Adding a task is adding its module; nothing else names it.
 """
 from __future__ import annotations
