@@ -1,7 +1,6 @@
 """What a user sees: pages that work from anywhere, one-line errors, damaged checkpoints."""
 import errno
 import html.parser
-import json
 import os
 import pathlib
 import shutil
