@@ -23,6 +23,7 @@ signal and L_cl at chance, README "Demo results"). By hand:
 import ml_collections
 from ml_collections.config_flags import config_path
 
+from configs import common
 from ssacl_jax import config_lib
 
 # Each ablation of issue 20: what it leaves out, and the config fields that do it (every
@@ -53,7 +54,7 @@ def apply_ablation(config, name: str) -> None:
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, steps=600, batch=32, warm_steps=1500, ablate="full")
-  c = config_lib.base_config()
+  c = common.base_config()
   m = c.model
   m.image_size, m.patch = 64, 8
   m.encoder = dict(width=128, depth=4, num_heads=4, mlp_dim=256)
@@ -84,7 +85,7 @@ def get_config(arg=None):
   # median; on the validation split min 40 / 60 / 75 gave 26 / 31 / 38 words against the
   # references' 39, and BLEU-1 0.375 / 0.447 / 0.518 (the brevity penalty).
   c.eval.decode.min_new_tokens = 75
-  # Stage 0 of ssacl_jax.demo (config_lib.warm_start_configs): L_ir + L_cl, same data and optimiser.
+  # Stage 0 of ssacl_jax.demo (demo.warm_start_configs): L_ir + L_cl, same data and optimiser.
   # (L_ir alone, 800 steps, left L_cl at chance and grounding below the random map.)
   c.warm_start = ml_collections.ConfigDict(dict(
       steps=a.warm_steps, subdir="warm_start",

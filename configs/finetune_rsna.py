@@ -5,11 +5,15 @@
       --config configs/finetune_rsna.py:label_fraction=0.1,init=runs/vitb16 \
       --config.data.manual_dir=/data/rsna
 
-Variants: label_fraction (1.0, 0.1, 0.01), linear_probe, init, steps, batch, lr
-(config_lib.finetune_config). Test metrics: WORKDIR/eval/test/metrics.json.
+Variants: label_fraction (1.0, 0.1, 0.01), linear_probe, init, steps, batch, lr,
+image_size (configs/common.py finetune_config: the recipe).
+Test metrics: WORKDIR/eval/test/metrics.json.
 """
+from configs import common
 from ssacl_jax import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.finetune_config(arg, dataset="rsna_pneumonia", kind="classification")
+  a = config_lib.parse_arg(arg, **common.FINETUNE_VARIANTS)
+  return common.finetune_config(common.base_config(), dataset="rsna_pneumonia",
+                                kind="classification", **a)

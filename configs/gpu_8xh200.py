@@ -12,6 +12,10 @@ Launch (writes an sbatch script, one process per GPU, and submits it):
       --config configs/gpu_8xh200.py --workdir /shared/runs/h200 \
       --data-dir /shared/tfds
 
+Each GPU process then runs, with the launcher's data and jax.distributed settings:
+
+  python -m ssacl_jax.main --config configs/gpu_8xh200.py --workdir /shared/runs/h200
+
 Check that it compiles and fits without a GPU (jax-cuda12-plugin and jax-cuda12-pjrt
 0.10.2 installed with --no-deps):
 
@@ -19,9 +23,13 @@ Check that it compiles and fits without a GPU (jax-cuda12-plugin and jax-cuda12-
 
 Variants: batch=N (global), steps=N, fsdp=N, tensor=N (data takes the GPUs left), accum=N,
 remat, fp32, dataset=NAME.
+
+This is `configs/ssacl_vitb16.py:target=gpu_8xh200`: the paper's recipe with what
+`TARGETS["gpu_8xh200"]` and `target_config` there change (its docstring lists every
+variant, from_scratch and slices=N too).
 """
-from ssacl_jax import config_lib
+from configs import ssacl_vitb16
 
 
 def get_config(arg=None):
-  return config_lib.pod_config(arg, fsdp=8, num_workers=8, eval_batch_size=64)
+  return ssacl_vitb16.target_config("gpu_8xh200", arg)

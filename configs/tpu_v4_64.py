@@ -13,15 +13,23 @@ Launch:
       --repo-url https://github.com/OWNER/ssacl_jax.git --data gs://BUCKET/tfds \
       --config configs/tpu_v4_64.py --workdir gs://BUCKET/runs/v4_64
 
+Each host then runs, with the launcher's data and jax.distributed settings:
+
+  python -m ssacl_jax.main --config configs/tpu_v4_64.py --workdir gs://BUCKET/runs/v4_64
+
 Check that it compiles and fits without a TPU:
 
   JAX_PLATFORMS=cpu python -m ssacl_jax.aot --config configs/tpu_v4_64.py --topology v4:2x4x4
 
 Variants: batch=N (global), steps=N, fsdp=N, tensor=N (data takes the chips left),
 accum=N, remat, fp32, dataset=NAME.
+
+This is `configs/ssacl_vitb16.py:target=tpu_v4_64`: the paper's recipe with what
+`TARGETS["tpu_v4_64"]` and `target_config` there change (its docstring lists every
+variant, from_scratch and slices=N too).
 """
-from ssacl_jax import config_lib
+from configs import ssacl_vitb16
 
 
 def get_config(arg=None):
-  return config_lib.pod_config(arg, fsdp=8, num_workers=4, eval_batch_size=64)
+  return ssacl_vitb16.target_config("tpu_v4_64", arg)

@@ -14,6 +14,10 @@ hosts, follow worker 0, delete):
       --repo-url https://github.com/OWNER/ssacl_jax.git --data gs://BUCKET/tfds \
       --config configs/tpu_v5e_256.py --workdir gs://BUCKET/runs/v5e_256
 
+Each host then runs, with the launcher's data and jax.distributed settings:
+
+  python -m ssacl_jax.main --config configs/tpu_v5e_256.py --workdir gs://BUCKET/runs/v5e_256
+
 Check that it compiles and fits without a TPU:
 
   JAX_PLATFORMS=cpu python -m ssacl_jax.aot --config configs/tpu_v5e_256.py --topology v5e:16x16
@@ -21,10 +25,13 @@ Check that it compiles and fits without a TPU:
 Variants (`configs/tpu_v5e_256.py:batch=1024,remat`): batch=N (global), steps=N, fsdp=N and
 tensor=N (data takes the chips left), accum=N (gradient accumulation), remat, fp32
 (float32 compute), dataset=NAME.
+
+This is `configs/ssacl_vitb16.py:target=tpu_v5e_256`: the paper's recipe with what
+`TARGETS["tpu_v5e_256"]` and `target_config` there change (its docstring lists every
+variant, from_scratch and slices=N too).
 """
-from ssacl_jax import config_lib
+from configs import ssacl_vitb16
 
 
 def get_config(arg=None):
-  # eval: one image per chip
-  return config_lib.pod_config(arg, fsdp=16, num_workers=4, eval_batch_size=256)
+  return ssacl_vitb16.target_config("tpu_v5e_256", arg)

@@ -62,8 +62,8 @@ def shared_warm_start(config, workdir: pathlib.Path, full_config, full_workdir: 
   its last step and trains nothing. Returns the copied directory, or None."""
   if full_config is None:
     return None
-  (stage0, dst), *_ = config_lib.warm_start_configs(config, str(workdir))
-  (full_stage0, src), *_ = config_lib.warm_start_configs(full_config, str(full_workdir))
+  (stage0, dst), *_ = demo.warm_start_configs(config, str(workdir))
+  (full_stage0, src), *_ = demo.warm_start_configs(full_config, str(full_workdir))
   src, dst = pathlib.Path(src), pathlib.Path(dst)
   if (not config.warm_start.steps or dst.exists() or stage0.to_json() != full_stage0.to_json()
       or stage0.train.num_steps not in checkpointing.finished_steps(src)):

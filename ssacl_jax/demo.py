@@ -7,7 +7,7 @@ stage whose outputs exist is resumed or reused, so running the demo twice is che
 `run` is the recipe itself; `python -m ssacl_jax.ablate` runs it once per ablation.
 
 When the config has `warm_start.steps > 0`, training has two stages
-(`config_lib.warm_start_configs`): stage 0 trains the same config with
+(`warm_start_configs`): stage 0 trains the same config with
 `warm_start.loss_weights` (the demo's: L_ir + L_cl) for `warm_start.steps` steps into
 WORKDIR/`warm_start.subdir`; stage 1 is the config itself, its `init` taking
 `warm_start.parts` from stage 0's last checkpoint.
@@ -37,6 +37,24 @@ def eta_seconds(plan, done: int, elapsed: float) -> float:
   return speed * sum(expected[done:])
 
 
+def warm_start_configs(config, workdir):
+  """[(config, workdir)] of the training stages: the warm start (if any), then the run."""
+  ws = config.get("warm_start")
+  if not ws or not ws.steps:
+    return [(config, workdir)]
+  stage0_dir = str(pathlib.Path(workdir) / ws.subdir)
+  stage0 = config.copy_and_resolve_references()
+  stage0.model.loss_weights = dict(ws.loss_weights)
+  stage0.train.num_steps = ws.steps
+  stage0.train.eval_every_steps = 0  # nothing to select: stage 1 takes the last step
+  for evaluator in stage0.get("evals", {}).values():
+    evaluator.every_steps = 0        # (resolved above: no longer follows eval_every_steps)
+  stage0.warm_start.steps = 0
+  stage1 = config.copy_and_resolve_references()
+  stage1.init.checkpoint, stage1.init.step, stage1.init.parts = stage0_dir, -1, ws.parts
+  return [(stage0, stage0_dir), (stage1, workdir)]
+
+
 def eval_dir(config, workdir) -> pathlib.Path:
   """Where the eval stage writes metrics.json, reports and the report card."""
   return pathlib.Path(workdir) / "eval" / config.eval.split
@@ -49,7 +67,7 @@ def run(config, workdir, tag: str = "demo") -> dict:
   from ssacl_jax import config_lib, evaluators, train
   from ssacl_jax.evaluators import pathology_head
   config_lib.validate(config)
-  stages = config_lib.warm_start_configs(config, workdir)
+  stages = warm_start_configs(config, workdir)
   config = stages[-1][0]
   plan = [("warm start", c.train.num_steps) for c, _ in stages[:-1]]
   plan += [("training", config.train.num_steps), ("head", 1), ("eval", 1)]

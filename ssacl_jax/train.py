@@ -151,6 +151,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   Returns the last logged metrics.
   """
   config_lib.check_required_init(config)
+  evaluators.check(config)
   goodput = perf.Goodput()
   perf.use_compilation_cache(perf.compilation_cache_dir(config, workdir))
   t = config.train

@@ -45,7 +45,7 @@ def test_each_ablation_sets_exactly_its_fields(name):
 
 def test_without_l_cl_the_warm_start_is_l_ir_alone(tmp_path):
   config = demo_configs.get_config("ablate=cl")
-  (stage0, _), (stage1, _) = config_lib.warm_start_configs(config, str(tmp_path))
+  (stage0, _), (stage1, _) = demo.warm_start_configs(config, str(tmp_path))
   assert dict(stage0.model.loss_weights) == dict(ir=1.0, cl=0.0, lm=0.0, ar=0.0, ac=0.0)
   assert dict(stage1.model.loss_weights) == dict(ir=1.0, cl=0.0, lm=1.0, ar=1.0, ac=1.0)
 

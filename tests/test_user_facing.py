@@ -1,7 +1,6 @@
 """What a user sees: pages that work from anywhere, one-line errors, damaged checkpoints."""
 import errno
 import html.parser
-import json
 import os
 import pathlib
 import shutil
@@ -240,3 +239,30 @@ def test_demo_announces_each_stage_with_the_time_left(monkeypatch, capsys, tmp_p
   assert stages == [f"[demo] stage {k} of 4" for k in (1, 2, 3, 4)]
   assert printed[0].startswith(f"[demo] data: synthetic_cxr in {os.path.abspath('data')}")
   assert printed[-1].endswith((tmp_path / "eval" / "test" / "report_card.html").as_uri())
+
+
+# ----------------------------------------------------------------------------- configs
+RECIPES = sorted(p.stem for p in (ROOT / "configs").glob("*.py")
+                 if p.stem not in ("__init__", "common"))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_each_recipe_is_valid_and_its_docstring_launches_it(name):
+  import importlib
+  path = f"configs/{name}.py"
+  config_lib.validate(config_lib.load_config_file(path))
+  doc = importlib.import_module(f"configs.{name}").__doc__
+  assert "python -m ssacl_jax.main" in doc and f"--config {path}" in doc
+
+
+def test_pod_targets_are_variants_of_the_paper_config():
+  from configs import ssacl_vitb16
+  assert set(ssacl_vitb16.TARGETS) == {n for n in RECIPES if n.startswith(("tpu_", "gpu_"))}
+  for name in ssacl_vitb16.TARGETS:
+    for arg in ("", ",batch=512,slices=2,fp32"):
+      pod = config_lib.load_config_file(f"configs/{name}.py:{arg[1:]}")
+      variant = config_lib.load_config_file(f"configs/ssacl_vitb16.py:target={name}{arg}")
+      assert pod.to_json(sort_keys=True) == variant.to_json(sort_keys=True)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.load_config_file("configs/ssacl_vitb16.py:target=tpu_v9")
+  assert one_error_line(e.value).startswith("error: unknown pod target 'tpu_v9'; valid: tpu_v4_64")

@@ -79,6 +79,15 @@ def get(kind: str):
   raise ValueError(f"config.evals type {kind!r}: expected one of {', '.join(types())}")
 
 
+def check(config) -> None:
+  """Fails before any work when a config.evals entry names no evaluator type."""
+  for name, settings in config.evals.items():
+    try:
+      get(settings.type)
+    except ValueError as e:
+      raise ValueError(f"config.evals.{name}: {e}") from None
+
+
 def due(config, during_training: bool, step: int | None = None) -> list[str]:
   """Names of the config.evals entries to run: inside training, those whose every_steps
   divides `step` (or that have one and `step` is the last); otherwise those with none."""
@@ -108,6 +117,7 @@ def evaluate_workdir(config, workdir) -> dict:
   config.eval.step; the per-study ones' outputs written to WORKDIR/eval/<split>/.
   Returns the metrics (those of metrics.json)."""
   from ssacl_jax.evaluators import _outputs
+  check(config)
   ctx = Context(config, str(workdir))
   metrics = run_all(config, ctx, during_training=False)
   if _outputs.studies_scored(ctx):
