@@ -13,10 +13,11 @@ import sys
 
 import pytest
 
+from helpers import tiny_config
 from ssacl_jax import aot, collectives
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = "tests/aot_tiny_config.py"
+TINY = "tests/tiny_config.py"
 
 
 def installed(module: str) -> bool:
@@ -120,7 +121,6 @@ def test_collective_stats_counts_ops_and_result_bytes():
 
 def test_generation_batch_rounds_up_to_the_batch_shards():
   import jax
-  from tiny_config import tiny_config
   config = tiny_config()
   config.mesh.shape = (2, 2, 2)
   mesh = aot.make_mesh(config, jax.devices()[:8])

@@ -18,6 +18,7 @@ from input_pipeline.builders import common
 from input_pipeline.builders import iu_xray
 from input_pipeline.builders import mimic_cxr
 from input_pipeline.builders import release_csv
+from helpers import write_dicom
 from ssacl_jax import anatomy
 
 tfds.disable_progress_bar()
@@ -68,7 +69,6 @@ def test_load_grey_stretches_16_bit_png(tmp_path):
 
 
 def test_load_grey_reads_dicom_and_inverts_monochrome1(tmp_path):
-  from dicom_fixtures import write_dicom
   arr = np.zeros((40, 60), np.uint16)
   arr[:, 30:] = 4000
   write_dicom(tmp_path / "x.dcm", arr, photometric="MONOCHROME1", bits_stored=12)

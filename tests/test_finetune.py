@@ -11,7 +11,7 @@ import pytest
 
 from ssacl_jax import checkpointing, config_lib, finetune, sharding, state as state_lib, train
 from ssacl_jax.models import finetune as models
-from tiny_finetune_config import tiny_finetune_config
+from helpers import ROOT, env, main_command, tiny_config, tiny_finetune_config
 
 
 # ----------------------------------------------------------------------------- losses
@@ -152,7 +152,6 @@ def ft_data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pretrained(ft_data_dir, tmp_path_factory):
   """The fine-tuning tests' tiny SS-ACL pretrained on 400 synthetic radiographs (workdir)."""
-  from tiny_config import tiny_config
   c = tiny_config()
   c.model.image_size, c.model.patch = 64, 16
   c.data.data_dir = ft_data_dir
@@ -263,7 +262,6 @@ def test_encoder_checkpoint_that_does_not_match_is_named(uninterrupted, tiny_dat
 
 def test_mode_finetune_needs_a_finetune_config(tmp_path):
   import subprocess
-  from test_main import ROOT, env, main_command
   out = subprocess.run(main_command(tmp_path, "--mode", "finetune"), env=env(),
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert out.returncode != 0 and "--mode finetune does not fit config.task='ssacl'" in out.stderr

@@ -1,27 +1,12 @@
 """The command line: config errors, and SIGTERM (preemption) saving a checkpoint."""
 import json
-import os
-import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def main_command(workdir, *overrides):
-  return [sys.executable, "-m", "ssacl_jax.main", "--config", str(ROOT / "tests" / "tiny_config.py"),
-          "--workdir", str(workdir), *overrides]
-
-
-def env():
-  e = dict(os.environ, JAX_PLATFORMS="cpu")
-  e.pop("XLA_FLAGS", None)
-  return e
-
+from helpers import ROOT, config_for, env, main_command, read_metrics
 
 def test_unknown_config_key_lists_the_valid_ones(tmp_path):
   out = subprocess.run(main_command(tmp_path, "--config.train.num_stepz=3"), env=env(),
@@ -66,7 +51,6 @@ def test_demo_warm_start_trains_its_terms_only_then_initialises_its_parts_from_i
   import jax.numpy as jnp
   import numpy as np
   from ssacl_jax import config_lib, convert, pretrained, train
-  from test_train import config_for, read_metrics
   config = config_for(tiny_data_dir, num_steps=2)
   config.warm_start.steps = 0
   assert config_lib.warm_start_configs(config, str(tmp_path)) == [(config, str(tmp_path))]

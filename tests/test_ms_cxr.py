@@ -10,7 +10,7 @@ from PIL import Image
 from input_pipeline import build, features, synthetic, transforms
 from ssacl_jax import anatomy, evaluate, inference
 from ssacl_jax.evaluation import grounding
-from test_train import config_for
+from helpers import config_for
 
 CATEGORIES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Lung Opacity",
               "Pleural Effusion", "Pneumonia", "Pneumothorax"]

@@ -21,9 +21,7 @@ transformers = pytest.importorskip("transformers", reason="the GPT-2 fixture nee
 from configs import ssacl_vitb16, tpu_v5e_256  # noqa: E402
 from input_pipeline import features, tokenizers as tok_lib, transforms  # noqa: E402
 from ssacl_jax import config_lib, data as data_lib, evaluate, inference, train  # noqa: E402
-from test_convert import ReleaseLike, gpt2_config, mae_file, randomise  # noqa: E402
-from test_tokenizers import _hf_fixture  # noqa: E402
-from tiny_config import tiny_config  # noqa: E402
+from helpers import ReleaseLike, gpt2_config, hf_bpe_files, mae_file, randomise, tiny_config  # noqa: E402
 
 BPE_VOCAB = 265
 
@@ -57,7 +55,7 @@ def weights(tmp_path_factory):
   gpt = randomise(transformers.GPT2LMHeadModel(gpt2_config(config.model.report)), seed=3)
   gpt.config.bos_token_id = gpt.config.eos_token_id = BPE_VOCAB - 1
   gpt.save_pretrained(folder, safe_serialization=True)
-  _hf_fixture(folder)
+  hf_bpe_files(folder)
   mae = tmp_path_factory.mktemp("mae") / "mae.pth"
   state = mae_file(randomise(ReleaseLike(config), seed=5), mae)
   return folder, gpt, mae, state
@@ -95,7 +93,7 @@ def test_decoder_vocabulary_mismatch_names_both_sizes_and_sources(tiny_data_dir,
   other.mkdir()
   hf = json.loads((folder / "config.json").read_text())
   (other / "config.json").write_text(json.dumps(dict(hf, vocab_size=300)))
-  _hf_fixture(other)
+  hf_bpe_files(other)
   config = paper_config(tiny_data_dir, other, mae)
   config.model.report.vocab_size = 300
   with pytest.raises(ValueError) as err:

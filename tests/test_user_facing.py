@@ -1,13 +1,10 @@
 """What a user sees: pages that work from anywhere, one-line errors, damaged checkpoints."""
 import errno
-import html.parser
-import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
-import urllib.parse
 
 import ml_collections
 import numpy as np
@@ -16,40 +13,10 @@ import pytest
 from ssacl_jax import anatomy, checkpointing, cli, config_lib, evaluate, inference, pathology_head, predict, train
 from ssacl_jax.evaluation import chromium, report_card
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from helpers import ROOT, assert_links_resolve
 
 
 # ----------------------------------------------------------------------------- pages
-class _Links(html.parser.HTMLParser):
-  def __init__(self):
-    super().__init__()
-    self.links = []
-
-  def handle_starttag(self, tag, attrs):
-    self.links += [v for k, v in attrs if k in ("src", "href", "data-src") and v]
-
-
-def page_links(page: pathlib.Path) -> list[str]:
-  parser = _Links()
-  parser.feed(page.read_text(encoding="utf-8"))
-  return parser.links
-
-
-def assert_links_resolve(page: pathlib.Path) -> int:
-  """Every relative link of the page names an existing file; the only absolute ones are
-  the repository's docs/EVALUATION.md. Returns the number of relative links."""
-  relative = 0
-  for link in page_links(page):
-    url = urllib.parse.urlparse(link)
-    if url.scheme == "file":
-      assert url.path.endswith("/docs/EVALUATION.md"), link
-      continue
-    assert not url.scheme and not link.startswith("/"), link
-    assert (page.parent / urllib.parse.unquote(url.path)).is_file(), f"{page}: {link}"
-    relative += 1
-  return relative
-
-
 def fake_results(n=3, grid=4, image=32, findings=2):
   """evaluate.collect's output for n studies (random maps), with the labeler's labels."""
   rng = np.random.default_rng(0)
