@@ -12,9 +12,8 @@ from ssacl_jax import sharding, state as state_lib, train
 from ssacl_jax.models import ssacl
 
 STEPS = 30
-# The least relative fall, first step to last (measured: total 0.31, L_lm 0.10, L_ir 0.23
-# after 20 steps).
-MARGINS = {"loss": 0.2, "loss_lm": 0.05, "loss_ir": 0.1}
+# The least relative fall, first step to last (measured: total 0.34, L_lm 0.14, L_ir 0.23).
+MARGINS = {"loss": 0.2, "loss_lm": 0.07, "loss_ir": 0.1}
 FAST_COMPILE = dict(xla_backend_optimization_level=0, xla_llvm_disable_expensive_passes=True)
 
 
