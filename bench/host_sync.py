@@ -34,7 +34,7 @@ from bench import benchlib  # noqa: E402
 from ssacl_jax import sharding, state as state_lib, steps, train  # noqa: E402
 from ssacl_jax.models import ssacl  # noqa: E402
 from test_model import random_batch  # noqa: E402
-from tiny_config import tiny_config  # noqa: E402
+from helpers import tiny_config  # noqa: E402
 
 
 def jitted_steps(config, setup, mesh):

@@ -11,7 +11,7 @@ Strategies over the (data, fsdp, tensor) mesh of N devices:
    of the AdamW state, from jax.eval_shape over an AbstractMesh (nothing is materialised),
    for N = 1, 2, 4, 8 and the pod sizes (32, 64, 256). Shards of a dimension the axis does
    not divide are counted padded, as XLA lays them out.
-2. A small config (tests/aot_tiny_config.py; --compile_config configs/demo.py for the demo
+2. A small config (tests/tiny_config.py; --compile_config configs/demo.py for the demo
    model) on N = 1, 2, 4, 8 fake CPU devices, each N in its own
    process (XLA_FLAGS=--xla_force_host_platform_device_count=N): the compiled train step's
    per-device memory and its collectives (ssacl_jax.collectives.collective_stats: static
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
   p.add_argument("--devices", default="1,2,4,8", help="fake CPU device counts to compile on")
   p.add_argument("--pod_sizes", default="32,64,256", help="more device counts, bytes only")
   p.add_argument("--paper_config", default="configs/ssacl_vitb16.py:bf16")
-  p.add_argument("--compile_config", default="tests/aot_tiny_config.py",
+  p.add_argument("--compile_config", default="tests/tiny_config.py",
                  help="config compiled on the fake CPU devices (configs/demo.py: slower)")
   p.add_argument("--aot_results", default="bench/results")
   p.add_argument("--out", default="bench/results/scaling.json")

@@ -14,6 +14,8 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
+from helpers import config_for, tiny_config  # noqa: E402
+
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -27,9 +29,8 @@ def shared_data():
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
-  """The tiny synthetic set (tests/tiny_config.py sizes), built once per test session."""
+  """The tiny synthetic set (helpers.tiny_config sizes), built once per test session."""
   from input_pipeline import build
-  from tiny_config import tiny_config
   config = tiny_config()
   data_dir = tmp_path_factory.mktemp("data")
   build.build_dataset(config.data.dataset, str(data_dir), **dict(config.data.builder))
@@ -38,9 +39,8 @@ def tiny_data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def uninterrupted(tiny_data_dir, tmp_path_factory):
-  """A 6-step training run of the tiny config (test_train.config_for), never interrupted."""
+  """A 6-step training run of the tiny config (helpers.config_for), never interrupted."""
   from ssacl_jax import train
-  from test_train import config_for
   workdir = tmp_path_factory.mktemp("uninterrupted")
   train.train_and_evaluate(config_for(tiny_data_dir), str(workdir))
   return workdir

@@ -21,7 +21,7 @@ def main():
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=f"localhost:{port}",
                              num_processes=num_processes, process_id=process_id)
-  from test_train import config_for
+  from helpers import config_for
   from ssacl_jax import train
   config = config_for(data_dir, stop_at_step=stop_at)
   config.mesh.shape = (2, 4, 1)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from configs import demo as demo_configs
-from ssacl_jax import ablate, anatomy, checkpointing, config_lib, demo, evaluate
+from ssacl_jax import ablate, anatomy, checkpointing, config_lib, demo, inference
 from ssacl_jax.models import ssacl
+from helpers import eval_config, tiny_config
 
 # What each ablation must change, written from the issue (not read from configs/demo.py):
 # {field: (the full model's value, the ablation's)}.
@@ -57,7 +58,6 @@ def test_unknown_ablation_names_the_valid_ones():
 
 @pytest.mark.parametrize("anatomy_mask", [True, False])
 def test_decoder_prefix_hides_leaves_outside_the_regions_unless_ablated(anatomy_mask):
-  from tiny_config import tiny_config
   config = tiny_config()
   config.model.lm_anatomy_mask = anatomy_mask
   model = ssacl.build_model(config.model)
@@ -75,8 +75,8 @@ def test_decoder_prefix_hides_leaves_outside_the_regions_unless_ablated(anatomy_
 def test_no_pathology_prompt_keeps_the_leaf_masks():
   labels = np.zeros((2, anatomy.NUM_PATHOLOGIES), np.int8)
   labels[0, anatomy.PATHOLOGY_INDEX["Cardiomegaly"]] = 1
-  prompts, masks = evaluate.labels_to_prompt_and_mask(labels)
-  no_prompts, same_masks = evaluate.labels_to_prompt_and_mask(labels, prompt=False)
+  prompts, masks = inference.labels_to_prompt_and_mask(labels)
+  no_prompts, same_masks = inference.labels_to_prompt_and_mask(labels, prompt=False)
   assert prompts == ["cardiomegaly", ""] and no_prompts == ["", ""]
   np.testing.assert_array_equal(masks, same_masks)
   assert masks[0].sum() > 0
@@ -118,7 +118,6 @@ def test_runner_reruns_only_unfinished_variants_and_shows_intervals(tmp_path, mo
 def test_runner_tables_two_variants_and_reuses_them(tiny_data_dir, uninterrupted, tmp_path,
                                                     monkeypatch):
   """End to end on two tiny variants: about 1.5 min of CPU, so opt-in (-m ablate)."""
-  from test_evaluate import eval_config
   base = eval_config(tiny_data_dir)
   base.train.num_steps = 6          # as the `uninterrupted` run
   base.warm_start.steps = 0

@@ -13,10 +13,12 @@ import sys
 
 import pytest
 
+from helpers import tiny_config
+from configs import common
 from ssacl_jax import aot, collectives, hlo_report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = "tests/aot_tiny_config.py"
+TINY = "tests/tiny_config.py"
 
 
 def installed(module: str) -> bool:
@@ -120,7 +122,6 @@ def test_collective_stats_counts_ops_and_result_bytes():
 
 def test_generation_batch_rounds_up_to_the_batch_shards():
   import jax
-  from tiny_config import tiny_config
   config = tiny_config()
   config.mesh.shape = (2, 2, 2)
   mesh = aot.make_mesh(config, jax.devices()[:8])
@@ -146,7 +147,7 @@ def test_pod_configs(name):
   module = importlib.import_module(f"configs.{name}")
   config = module.get_config()
   config_lib.validate(config)
-  base = config_lib.base_config()
+  base = common.base_config()
   assert config.model.encoder == base.model.encoder and config.model.report == base.model.report
   assert (config.model.dtype, config.model.param_dtype) == ("bfloat16", "float32")
   target = aot.parse_topology(POD_CONFIGS[name])

@@ -8,7 +8,7 @@ import pytest
 
 from ssacl_jax import checkpointing, compare
 from ssacl_jax.evaluation import bootstrap, classification, clinical, language
-from tiny_config import tiny_config
+from helpers import tiny_config
 
 GEN = ["The heart is normal. No effusion.", "Small left effusion.", "",
        "Heart normal heart normal. Lungs clear.", "Lungs clear. No pneumothorax.",

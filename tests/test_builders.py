@@ -18,6 +18,8 @@ from input_pipeline.builders import common
 from input_pipeline.builders import iu_xray
 from input_pipeline.builders import mimic_cxr
 from input_pipeline.builders import release_csv
+from helpers import write_dicom
+from configs import common
 from ssacl_jax import anatomy
 
 tfds.disable_progress_bar()
@@ -68,7 +70,6 @@ def test_load_grey_stretches_16_bit_png(tmp_path):
 
 
 def test_load_grey_reads_dicom_and_inverts_monochrome1(tmp_path):
-  from dicom_fixtures import write_dicom
   arr = np.zeros((40, 60), np.uint16)
   arr[:, 30:] = 4000
   write_dicom(tmp_path / "x.dcm", arr, photometric="MONOCHROME1", bits_stored=12)
@@ -307,9 +308,9 @@ def test_mimic_views_option_and_labeler_fallback(tmp_path):
 def test_mimic_data_choices_from_the_config_are_recorded_and_prepared_apart(tmp_path):
   """config.data.views / report_sections reach the builder, sit in the prepared set's
   metadata, and another choice is prepared in its own folder (the first one untouched)."""
-  from ssacl_jax import config_lib, data as data_lib
+  from ssacl_jax import data as data_lib
   root = make_mimic(tmp_path / "mimic")
-  config = config_lib.base_config()
+  config = common.base_config()
   config.data.dataset, config.data.data_dir = "mimic_cxr", str(tmp_path / "data")
   config.data.manual_dir, config.data.builder = str(root), dict(image_size=32)
   train = data_lib.load_source(config, "train")

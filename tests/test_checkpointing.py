@@ -5,8 +5,7 @@ import pytest
 
 from ssacl_jax import checkpointing, sharding, state as state_lib
 from ssacl_jax.models import ssacl
-from test_model import random_batch
-from tiny_config import tiny_config
+from helpers import random_batch, tiny_config
 
 
 def state_on(config, mesh_shape, seed=0):

@@ -19,6 +19,7 @@ from absl import flags
 from input_pipeline import chexbert
 from input_pipeline import label_reports
 from input_pipeline import labeler as labeler_lib
+from configs import common
 from ssacl_jax import anatomy, config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -235,20 +236,20 @@ def test_eval_config_turns_chexbert_on(vocab, torch_model):
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
 
-  from ssacl_jax import evaluate
-  config = config_lib.base_config()
+  from ssacl_jax.evaluators import _studies
+  config = common.base_config()
   config.eval.labeler = "chexbert"
   config.eval.chexbert_checkpoint, config.eval.chexbert_vocab = str(torch_model[2]), str(vocab)
   config.eval.chexbert_batch_size = 6
   config_lib.validate(config)
   mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-  labeler = evaluate.make_labeler(config.eval, NamedSharding(mesh, P("data")))
+  labeler = _studies.make_labeler(config.eval, NamedSharding(mesh, P("data")))
   assert labeler.name == "chexbert" and labeler.batch_size == 8
-  assert evaluate.make_labeler(config_lib.base_config().eval, None).name == "rules"
+  assert _studies.make_labeler(common.base_config().eval, None).name == "rules"
 
 
 def test_config_names_the_labeler_problems():
-  config = config_lib.base_config()
+  config = common.base_config()
   config.eval.labeler = "chexpert"
   with pytest.raises(config_lib.ConfigError, match="eval.labeler 'chexpert' must be one of"):
     config_lib.validate(config)

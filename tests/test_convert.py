@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +24,11 @@ transformers = pytest.importorskip(
     "transformers", reason="parity tests need transformers (pip install '.[convert]')")
 pytest.importorskip("safetensors", reason="parity tests need safetensors (the convert extra)")
 F = torch.nn.functional
-tnn = torch.nn
 
 from ssacl_jax import anatomy, checkpointing, convert, pretrained  # noqa: E402
 from ssacl_jax.models import image as image_lib, ssacl  # noqa: E402
-from tiny_config import tiny_config  # noqa: E402
+from helpers import (ReleaseLike, gpt2_config, mae_file, mae_sincos, randomise,  # noqa: E402
+                     release_wordpiece_json, tiny_config)
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -47,175 +46,6 @@ def parity_config():
 
 
 # ----------------------------------------------------------------------------- torch reference
-def mae_sincos(dim, grid, release=False):
-  """MAE's get_2d_sincos_pos_embed(dim, grid, cls_token=True), written out independently;
-  release=True: the SS-ACL release's copy, which divides by embed_dim / 2 once more."""
-  def one_d(d, pos):
-    omega = np.arange(d // 2, dtype=np.float64) / (d / 2.0)
-    if release:
-      omega /= d / 2.0
-    omega = 1.0 / 10000 ** omega
-    out = np.einsum("m,d->md", pos.reshape(-1), omega)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
-  g = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))  # w, h
-  emb = np.concatenate([one_d(dim // 2, g[0]), one_d(dim // 2, g[1])], axis=1)
-  return np.concatenate([np.zeros((1, dim)), emb]).astype(np.float32)
-
-
-class TAttention(tnn.Module):
-  def __init__(self, dim, heads):
-    super().__init__()
-    self.heads = heads
-    self.qkv = tnn.Linear(dim, 3 * dim)
-    self.proj = tnn.Linear(dim, dim)
-
-  def forward(self, x, mask=None):
-    b, n, d = x.shape
-    q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-    a = (q * (d // self.heads) ** -0.5) @ k.transpose(-2, -1)
-    if mask is not None:
-      a = a + mask
-    return self.proj((a.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d))
-
-
-class TMlp(tnn.Module):
-  def __init__(self, dim, hidden):
-    super().__init__()
-    self.fc1, self.act, self.fc2 = tnn.Linear(dim, hidden), tnn.GELU(), tnn.Linear(hidden, dim)
-
-  def forward(self, x):
-    return self.fc2(self.act(self.fc1(x)))
-
-
-class TBlock(tnn.Module):
-  """timm's ViT Block (the release's): pre-norm, eps 1e-6."""
-
-  def __init__(self, dim, heads, hidden):
-    super().__init__()
-    self.norm1, self.norm2 = tnn.LayerNorm(dim, eps=1e-6), tnn.LayerNorm(dim, eps=1e-6)
-    self.attn, self.mlp = TAttention(dim, heads), TMlp(dim, hidden)
-
-  def forward(self, x, mask=None):
-    x = x + self.attn(self.norm1(x), mask)
-    return x + self.mlp(self.norm2(x))
-
-
-class TPatchEmbed(tnn.Module):
-  def __init__(self, chans, dim, patch):
-    super().__init__()
-    self.proj = tnn.Conv2d(chans, dim, patch, patch)
-
-  def forward(self, x):
-    return self.proj(x).flatten(2).transpose(1, 2)
-
-
-def query_mask(n_query, n_tokens):
-  """torch_peer.query_mask: the first n_query rows see themselves and the patches."""
-  m = torch.full((n_tokens, n_tokens), float("-inf"))
-  m[:, n_query:] = 0.0
-  idx = torch.arange(n_query)
-  m[idx, idx] = 0.0
-  return m
-
-
-class ReleaseLike(tnn.Module):
-  """The release's SSACL module names (model_ssacl.py) at the config's sizes."""
-
-  def __init__(self, config):
-    super().__init__()
-    m = config.model
-    e, d, t, r = m.encoder, m.image_decoder, m.text, m.report
-    self.p, self.grid = m.patch, m.image_size // m.patch
-    n = self.grid ** 2
-    self.patch_embed = TPatchEmbed(m.channels, e.width, m.patch)
-    self.cls_token = tnn.Parameter(torch.zeros(1, 1, e.width))
-    self.pos_embed = tnn.Parameter(torch.from_numpy(mae_sincos(e.width, self.grid))[None],
-                                   requires_grad=False)
-    self.blocks = tnn.ModuleList(TBlock(e.width, e.num_heads, e.mlp_dim) for _ in range(e.depth))
-    self.norm = tnn.LayerNorm(e.width, eps=1e-6)
-    self.decoder_embed = tnn.Linear(e.width, d.width)
-    self.mask_token = tnn.Parameter(torch.zeros(1, 1, d.width))
-    self.logit_scale = tnn.Parameter(torch.tensor(math.log(1 / 0.07)))
-    self.decoder_pos_embed = tnn.Parameter(torch.from_numpy(mae_sincos(d.width, self.grid))[None],
-                                           requires_grad=False)
-    self.decoder_blocks = tnn.ModuleList(TBlock(d.width, d.num_heads, d.mlp_dim)
-                                         for _ in range(d.depth))
-    self.decoder_norm = tnn.LayerNorm(d.width, eps=1e-6)
-    self.decoder_pred = tnn.Linear(d.width, m.patch ** 2 * m.channels)
-    bert_cfg = transformers.BertConfig(
-        vocab_size=t.vocab_size, hidden_size=t.width, num_hidden_layers=t.depth,
-        num_attention_heads=t.num_heads, intermediate_size=t.mlp_dim,
-        max_position_embeddings=t.max_len, type_vocab_size=2, pad_token_id=0,
-        attn_implementation="eager")
-    self.bert_encoder = tnn.Module()
-    self.bert_encoder.model = tnn.Module()
-    self.bert_encoder.model.bert = transformers.BertModel(bert_cfg, add_pooling_layer=True)
-    from transformers.models.bert.modeling_bert import BertOnlyMLMHead
-    self.bert_encoder.model.cls = BertOnlyMLMHead(bert_cfg)
-    self.img_mlp = tnn.Linear(e.width, t.width)
-    self.pos_weight_img = tnn.Linear(n, 1)
-    self.Tpar = tnn.Parameter(torch.tensor(1 / 0.03))
-    self.opt_model = transformers.GPT2LMHeadModel(gpt2_config(r))
-    self.opt_proj = tnn.Linear(e.width, r.width)
-    self.bert_proj = tnn.Linear(t.width, e.width)
-
-  def encode(self, img, keep=None, queries=None):
-    """forward_img_encoder(_nomask) with the kept patch indices given instead of drawn."""
-    x = self.patch_embed(img) + self.pos_embed[:, 1:]
-    if keep is not None:
-      x = x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
-    head = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-    mask = None
-    if queries is not None:
-      head = torch.cat([queries.expand(x.shape[0], -1, -1), head], 1)
-      mask = query_mask(head.shape[1], head.shape[1] + x.shape[1])
-    x = torch.cat([head, x], 1)
-    for blk in self.blocks:
-      x = blk(x, mask)
-    return self.norm(x)
-
-  def decode_pixels(self, latent, restore):
-    z = self.decoder_embed(latent)
-    b, n_keep = z.shape[0], z.shape[1] - 1
-    filler = self.mask_token.expand(b, self.grid ** 2 - n_keep, -1)
-    seq = torch.cat([z[:, 1:], filler], 1).gather(1, restore[..., None].expand(-1, -1, z.shape[-1]))
-    x = torch.cat([z[:, :1], seq], 1) + self.decoder_pos_embed
-    for blk in self.decoder_blocks:
-      x = blk(x)
-    return self.decoder_pred(self.decoder_norm(x))[:, 1:]
-
-  def decoder_token0(self, tokens):
-    x = self.decoder_embed(tokens)
-    for blk in self.decoder_blocks:
-      x = blk(x)
-    return self.decoder_pred(self.decoder_norm(x)[:, 0])
-
-  def text(self, ids, att):
-    return self.bert_encoder.model.bert(input_ids=ids, attention_mask=att,
-                                        token_type_ids=torch.zeros_like(ids)).pooler_output
-
-
-def gpt2_config(r):
-  return transformers.GPT2Config(
-      vocab_size=r.vocab_size, n_positions=r.max_positions, n_embd=r.width, n_layer=r.depth,
-      n_head=r.num_heads, n_inner=r.mlp_dim, attn_implementation="eager")
-
-
-def randomise(module, seed=0):
-  """Every parameter random (LayerNorm scales around 1), the fixed position tables kept."""
-  g = torch.Generator().manual_seed(seed)
-  norms = {f"{n}.weight" for n, mod in module.named_modules() if isinstance(mod, tnn.LayerNorm)}
-  with torch.no_grad():
-    for name, p in module.named_parameters():
-      if name.endswith("pos_embed"):
-        continue
-      noise = 0.2 * torch.randn(p.shape, generator=g)
-      p.copy_(noise + 1.0 if name in norms else noise)
-    if hasattr(module, "Tpar"):
-      module.Tpar.fill_(12.0)
-  return module.eval()
-
-
 def to_torch(x):
   return torch.from_numpy(np.array(x))
 
@@ -245,7 +75,6 @@ def release(tmp_path_factory):
 def wordpiece(tmp_path_factory):
   """The project's tokenizer from a WordPiece JSON in the release file's layout."""
   from input_pipeline import tokenizers
-  from test_tokenizers import release_wordpiece_json
   return tokenizers.load_tokenizer(
       release_wordpiece_json(tmp_path_factory.mktemp("wordpiece") / "mimic_wordpiece.json"))
 
@@ -585,15 +414,6 @@ def test_gpt2_size_mismatch_names_the_config_fields(hf_gpt2):
 
 
 # ----------------------------------------------------------------------------- MAE
-def mae_file(model, path, with_decoder=True):
-  keep = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
-  if with_decoder:
-    keep += ("decoder_", "mask_token")
-  sd = {k: v for k, v in model.state_dict().items() if k.startswith(keep)}
-  torch.save({"model": sd}, path)
-  return sd
-
-
 def test_mae_encoder_and_decoder_convert(release, tmp_path):
   config, model, _, params, _ = release
   sd = mae_file(model, tmp_path / "mae.pth")

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from input_pipeline import build, features
-from dicom_fixtures import write_dicom
+from helpers import write_dicom
 from input_pipeline.builders import downstream, nih_cxr14, synthetic_finetune
 
 tfds.disable_progress_bar()

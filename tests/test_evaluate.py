@@ -1,6 +1,5 @@
 """Evaluators (`--mode eval`), pathology head and prediction on a tiny trained workdir."""
 import json
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -11,22 +10,7 @@ import pytest
 from ssacl_jax import anatomy, checkpointing, evaluators, predict, train
 from ssacl_jax.evaluators import _studies, pathology_head
 from ssacl_jax.evaluation import bootstrap
-from test_train import config_for
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def eval_config(data_dir):
-  c = config_for(data_dir, num_steps=4, eval_every_steps=2)
-  # Validation generates reports, and the best validation BLEU-4 chooses the checkpoint.
-  c.eval.val_generate_examples = 4
-  c.checkpoint.best_metric, c.checkpoint.best_mode = "val_language/BLEU_4", "max"
-  c.eval.decode.max_new_tokens = 10
-  c.eval.decode.min_new_tokens = 2
-  c.eval.batch_size = 8
-  c.eval.num_report_card = 3
-  c.head.steps = 30
-  return c
+from helpers import ROOT, assert_links_resolve, eval_config
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +128,6 @@ def test_evaluator_types_are_found_by_name():
 
 def test_predict_on_real_radiographs(trained, shared_data, tmp_path):
   """From another directory with a relative --out, unreadable files skipped, exit 2."""
-  from test_user_facing import assert_links_resolve
   _, workdir, _ = trained
   images = sorted((shared_data / "real_cxr" / "cc_by").glob("*.jpg"))[:2]
   images += sorted((shared_data / "real_cxr" / "cc_by").glob("*.png"))[:1]

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssacl_jax import checkpointing, config_lib, main, sharding, state as state_lib, steps, train
+from ssacl_jax import checkpointing, config_lib, demo, main, sharding, state as state_lib, steps, train
 from ssacl_jax.evaluators import downstream
 from ssacl_jax.models import finetune as models
 from ssacl_jax.tasks import finetune as finetune_task
-from tiny_finetune_config import tiny_finetune_config
+from helpers import ROOT, env, main_command, tiny_config, tiny_finetune_config
 
 
 # ----------------------------------------------------------------------------- losses
@@ -154,7 +154,6 @@ def ft_data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pretrained(ft_data_dir, tmp_path_factory):
   """The fine-tuning tests' tiny SS-ACL pretrained on 400 synthetic radiographs (workdir)."""
-  from tiny_config import tiny_config
   c = tiny_config()
   c.model.image_size, c.model.patch = 64, 16
   c.data.data_dir = ft_data_dir
@@ -228,7 +227,7 @@ def test_ssacl_encoder_beats_random_init_with_1pct_labels(tmp_path_factory):
     config.data.data_dir = str(tmp_path_factory.mktemp("demo_data"))
     config.checkpoint.async_save = False
     pretrained_dir = str(tmp_path_factory.mktemp("demo"))
-    for stage_config, stage_dir in config_lib.warm_start_configs(config, pretrained_dir):
+    for stage_config, stage_dir in demo.warm_start_configs(config, pretrained_dir):
       train.train_and_evaluate(stage_config, stage_dir)
   data_dir = str(tmp_path_factory.mktemp("ft_data"))
 
@@ -265,7 +264,6 @@ def test_encoder_checkpoint_that_does_not_match_is_named(uninterrupted, tiny_dat
 
 def test_mode_finetune_needs_a_finetune_config(tmp_path):
   import subprocess
-  from test_main import ROOT, env, main_command
   out = subprocess.run(main_command(tmp_path, "--mode", "finetune"), env=env(),
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert out.returncode != 0 and "--mode finetune does not fit config.task='ssacl'" in out.stderr

@@ -14,7 +14,7 @@ import pytest
 
 from ssacl_jax import generate as gen
 from ssacl_jax.models import ssacl
-from tests.tiny_config import tiny_config
+from helpers import tiny_config
 
 
 # ----------------------------------------------------------------------------- a toy LM

@@ -1,26 +1,12 @@
 """The command line: config errors, and SIGTERM (preemption) saving a checkpoint."""
 import json
-import os
-import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def main_command(workdir, *overrides):
-  return [sys.executable, "-m", "ssacl_jax.main", "--config", str(ROOT / "tests" / "tiny_config.py"),
-          "--workdir", str(workdir), *overrides]
-
-
-def env():
-  e = dict(os.environ, JAX_PLATFORMS="cpu")
-  e.pop("XLA_FLAGS", None)
-  return e
+from helpers import ROOT, config_for, env, main_command, read_metrics
 
 
 def test_unknown_config_key_lists_the_valid_ones(tmp_path):
@@ -65,13 +51,12 @@ def test_demo_warm_start_trains_its_terms_only_then_initialises_its_parts_from_i
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from ssacl_jax import config_lib, convert, pretrained, train
-  from test_train import config_for, read_metrics
+  from ssacl_jax import convert, demo, pretrained, train
   config = config_for(tiny_data_dir, num_steps=2)
   config.warm_start.steps = 0
-  assert config_lib.warm_start_configs(config, str(tmp_path)) == [(config, str(tmp_path))]
+  assert demo.warm_start_configs(config, str(tmp_path)) == [(config, str(tmp_path))]
   config.warm_start.steps = 2
-  (stage0, dir0), (stage1, dir1) = config_lib.warm_start_configs(config, str(tmp_path))
+  (stage0, dir0), (stage1, dir1) = demo.warm_start_configs(config, str(tmp_path))
   assert (dir0, dir1) == (str(tmp_path / "warm_start"), str(tmp_path))
   assert dict(stage0.model.loss_weights) == dict(ir=1.0, cl=1.0, lm=0.0, ar=0.0, ac=0.0)
   assert dict(stage1.model.loss_weights) == dict(config.model.loss_weights)

@@ -8,24 +8,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import ssacl_vitb16
 from ssacl_jax import convert, layers, param_count, sharding, steps
 from ssacl_jax.models import ssacl
-from tiny_config import tiny_config
-
-
-def random_batch(config, batch_size, seed=0):
-  rng = np.random.default_rng(seed)
-  b = ssacl.dummy_batch(config, batch_size)
-  v_text, v_dec = config.model.text.vocab_size, config.model.report.vocab_size
-  b["image"] = rng.normal(size=b["image"].shape).astype(np.float32)
-  b["text_ids"] = rng.integers(3, v_text, size=b["text_ids"].shape).astype(np.int32)
-  b["text_mask"][:, config.data.text_len // 2:] = 0
-  b["dec_ids"] = rng.integers(3, v_dec, size=b["dec_ids"].shape).astype(np.int32)
-  b["dec_mask"][:, -5:] = 0
-  b["dec_loss_mask"] = b["dec_mask"].astype(np.float32)
-  b["dec_loss_mask"][:, :3] = 0
-  b["leaf_mask"] = rng.integers(0, 2, size=b["leaf_mask"].shape).astype(np.int32)
-  ids, mask = ssacl.dummy_anatomy_tokens(config)
-  ids = rng.integers(3, v_text, size=ids.shape).astype(np.int32)
-  return b, (ids, mask)
+from helpers import random_batch, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from input_pipeline import build, features, synthetic, transforms
 from ssacl_jax import anatomy, evaluators, inference
 from ssacl_jax.evaluators import _phrase_grounding
 from ssacl_jax.evaluation import grounding
-from test_train import config_for
+from helpers import config_for
 
 CATEGORIES = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Lung Opacity",
               "Pleural Effusion", "Pneumonia", "Pneumothorax"]

@@ -9,7 +9,7 @@ import numpy as np
 import portpicker
 import pytest
 
-from test_train import read_metrics
+from helpers import read_metrics
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 

@@ -20,10 +20,9 @@ transformers = pytest.importorskip("transformers", reason="the GPT-2 fixture nee
 
 from configs import ssacl_vitb16, tpu_v5e_256  # noqa: E402
 from input_pipeline import features, tokenizers as tok_lib, transforms  # noqa: E402
-from ssacl_jax import config_lib, data as data_lib, evaluate, inference, train  # noqa: E402
-from test_convert import ReleaseLike, gpt2_config, mae_file, randomise  # noqa: E402
-from test_tokenizers import _hf_fixture  # noqa: E402
-from tiny_config import tiny_config  # noqa: E402
+from ssacl_jax import config_lib, data as data_lib, evaluators, inference, train  # noqa: E402
+from ssacl_jax.evaluators import _studies  # noqa: E402
+from helpers import ReleaseLike, gpt2_config, hf_bpe_files, mae_file, randomise, tiny_config  # noqa: E402
 
 BPE_VOCAB = 265
 
@@ -42,7 +41,7 @@ def paper_config(data_dir, gpt2="", mae=""):
   c.train.eval_every_steps = 0
   c.checkpoint.async_save = False
   c.eval.batch_size, c.eval.max_examples, c.eval.num_report_card = 8, 4, 1
-  c.eval.pathology_source = evaluate.ORACLE
+  c.eval.pathology_source = _studies.ORACLE
   c.eval.decode = dict(c.eval.decode, method="greedy", max_new_tokens=4, min_new_tokens=2)
   c.init.gpt2, c.init.mae = str(gpt2), str(mae)
   return c
@@ -57,7 +56,7 @@ def weights(tmp_path_factory):
   gpt = randomise(transformers.GPT2LMHeadModel(gpt2_config(config.model.report)), seed=3)
   gpt.config.bos_token_id = gpt.config.eos_token_id = BPE_VOCAB - 1
   gpt.save_pretrained(folder, safe_serialization=True)
-  _hf_fixture(folder)
+  hf_bpe_files(folder)
   mae = tmp_path_factory.mktemp("mae") / "mae.pth"
   state = mae_file(randomise(ReleaseLike(config), seed=5), mae)
   return folder, gpt, mae, state
@@ -95,7 +94,7 @@ def test_decoder_vocabulary_mismatch_names_both_sizes_and_sources(tiny_data_dir,
   other.mkdir()
   hf = json.loads((folder / "config.json").read_text())
   (other / "config.json").write_text(json.dumps(dict(hf, vocab_size=300)))
-  _hf_fixture(other)
+  hf_bpe_files(other)
   config = paper_config(tiny_data_dir, other, mae)
   config.model.report.vocab_size = 300
   with pytest.raises(ValueError) as err:
@@ -148,14 +147,14 @@ def test_paper_config_trains_and_evaluates_from_gpt2_and_mae(tiny_data_dir, weig
                                 mae_state["cls_token"].numpy().reshape(-1))
 
   # The training pipeline's decoder targets are the BPE ids of the report.
-  model_batch, local = next(inference.eval_batches(r, "test", batch_size=8))
+  model_batch, local = next(_studies.eval_batches(r, "test", batch_size=8))
   report = transforms.clean_text(features.as_text(local["report"][0]))
   want = bpe.encode(report)[:config.data.report_len] + [198]
   assert np.asarray(jax.device_get(model_batch["dec_ids"]))[0, :len(want)].tolist() == want
 
   # Evaluation decodes the generated ids with the same BPE.
   decoded = []
-  original = evaluate.decode_reports
+  original = inference.decode_reports
 
   def spy(tok, tokens, lengths):
     out = original(tok, tokens, lengths)
@@ -163,8 +162,8 @@ def test_paper_config_trains_and_evaluates_from_gpt2_and_mae(tiny_data_dir, weig
                           for row, n in zip(np.asarray(tokens), np.asarray(lengths))], out))
     return out
 
-  monkeypatch.setattr(evaluate, "decode_reports", spy)
-  metrics = evaluate.evaluate(config, str(workdir))
+  monkeypatch.setattr(inference, "decode_reports", spy)
+  metrics = evaluators.evaluate_workdir(config, str(workdir))
   assert metrics["examples"] == 4
   assert decoded and all(isinstance(tok, tok_lib.Gpt2BpeTokenizer) and ours == out
                          for tok, ours, out in decoded)

@@ -10,8 +10,7 @@ import pytest
 from ssacl_jax import generate as gen
 from ssacl_jax import layers, optim
 from ssacl_jax.models import ssacl
-from test_model import random_batch
-from tiny_config import tiny_config
+from helpers import random_batch, tiny_config
 
 
 def scanned(model_config, remat=True):

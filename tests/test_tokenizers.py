@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import tokenizers as T
+from helpers import MERGES, RELEASE_WP_WORDS, hf_bpe_files, release_wordpiece_json
 from ssacl_jax import anatomy
 
 REPORTS = [
@@ -72,24 +73,6 @@ def test_bad_kind_and_empty_corpus(tmp_path):
 
 # -------------------------------------------------------------------------------- GPT-2
 
-# A tiny byte-level BPE: the 256 byte symbols in GPT-2's order (so '\n' is 198 as in the
-# real vocabulary) and 8 merges.
-MERGES = [("Ġ", "l"), ("e", "f"), ("Ġl", "ef"), ("Ġlef", "t"), ("l", "u"), ("n", "g"),
-          ("lu", "ng"), ("Ġ", "lung")]
-
-
-def _hf_fixture(folder):
-  vocab = {c: i for i, c in enumerate(T.bytes_to_unicode().values())}
-  for a, b in MERGES:
-    vocab[a + b] = len(vocab)
-  vocab[T.GPT2_EOT] = len(vocab)
-  folder.mkdir(parents=True, exist_ok=True)
-  (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-  (folder / "merges.txt").write_text(
-      "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES), encoding="utf-8")
-  return folder, vocab
-
-
 def _tiktoken_fixture(path, vocab):
   to_byte = {c: b for b, c in T.bytes_to_unicode().items()}
   lines = []
@@ -112,7 +95,7 @@ EXPECTED = {
 
 
 def test_gpt2_bpe_hf_files_exact_ids(tmp_path):
-  folder, vocab = _hf_fixture(tmp_path / "gpt2")
+  folder, vocab = hf_bpe_files(tmp_path / "gpt2")
   tok = T.load_tokenizer(folder)
   assert isinstance(tok, T.Gpt2BpeTokenizer)
   for text, ids in EXPECTED.items():
@@ -128,7 +111,7 @@ def test_gpt2_bpe_hf_files_exact_ids(tmp_path):
 def test_gpt2_bpe_tokenizer_json_matches_hf_files(tmp_path):
   """A folder with only tokenizer.json (merges as "a b" strings, or as pairs as newer
   `tokenizers` write them; <|endoftext|> an added token) gives the same ids."""
-  _, vocab = _hf_fixture(tmp_path / "files")
+  _, vocab = hf_bpe_files(tmp_path / "files")
   base = {t: i for t, i in vocab.items() if t != T.GPT2_EOT}
   eot = [{"id": vocab[T.GPT2_EOT], "content": T.GPT2_EOT, "special": True}]
   for name, merges in (("strings", [f"{a} {b}" for a, b in MERGES]),
@@ -145,7 +128,7 @@ def test_gpt2_bpe_tokenizer_json_matches_hf_files(tmp_path):
 
 
 def test_gpt2_bpe_tiktoken_file_matches_hf(tmp_path):
-  _, vocab = _hf_fixture(tmp_path / "gpt2")
+  _, vocab = hf_bpe_files(tmp_path / "gpt2")
   path = _tiktoken_fixture(tmp_path / "gpt2.tiktoken", vocab)
   tok = T.load_tokenizer(path)
   for text, ids in EXPECTED.items():
@@ -156,7 +139,7 @@ def test_gpt2_bpe_tiktoken_file_matches_hf(tmp_path):
 
 def test_gpt2_decoder_sequence_exact(tmp_path):
   from input_pipeline import transforms
-  folder, _ = _hf_fixture(tmp_path / "gpt2")
+  folder, _ = hf_bpe_files(tmp_path / "gpt2")
   tok = T.load_tokenizer(folder)
   out = transforms.decoder_sequence("the left lung", "lung", True, tok, 12, 2, 8)
   assert out["dec_ids"].tolist() == [262, 198, 83, 71, 68, 259, 256, 84, 261, 198, 0, 0]
@@ -165,7 +148,7 @@ def test_gpt2_decoder_sequence_exact(tmp_path):
 
 
 def test_gpt2_tokenizer_pickles(tmp_path):
-  folder, _ = _hf_fixture(tmp_path / "gpt2")
+  folder, _ = hf_bpe_files(tmp_path / "gpt2")
   tok = pickle.loads(pickle.dumps(T.load_tokenizer(folder)))
   assert tok.encode("the left lung\n") == EXPECTED["the left lung\n"]
 
@@ -503,37 +486,6 @@ def test_wordpiece_matches_hf_trained_bert_json(tmp_path):
 
 
 # ------------------------------------------------------------- the release's WordPiece file
-
-# The layout of the release's mimic_wordpiece.json (SPEC 2): BERT normaliser, Whitespace +
-# Digits pre-tokenizers, no post-processor, special tokens [PAD] [UNK] [CLS] [MASK] and
-# no [SEP]. The words cover the anatomy names and a few report words.
-RELEASE_WP_WORDS = (
-    ["[PAD]", "[UNK]", "[CLS]", "[MASK]", ".", ",", "1", "2", "3", "cm", "the", "heart",
-     "is", "normal", "no", "effusion", "small", "pleural", "size", "there", "opac", "##ity",
-     "##ities", "pneumo", "##thorax", "and", "in"] +
-    sorted({w for leaf in anatomy.LEAVES for w in leaf.split()}))
-
-
-def release_wordpiece_json(path, individual_digits=True):
-  """Writes a WordPiece JSON in the release file's layout; returns the path."""
-  vocab = {t: i for i, t in enumerate(RELEASE_WP_WORDS)}
-  spec = {
-      "version": "1.0", "truncation": None, "padding": None,
-      "added_tokens": [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False,
-                        "rstrip": False, "normalized": False, "special": True}
-                       for t in ("[PAD]", "[UNK]", "[CLS]", "[MASK]")],
-      "normalizer": {"type": "BertNormalizer", "clean_text": True,
-                     "handle_chinese_chars": True, "strip_accents": None, "lowercase": True},
-      "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-          {"type": "Whitespace"}, {"type": "Digits", "individual_digits": individual_digits}]},
-      "post_processor": None,
-      "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True},
-      "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
-                "max_input_chars_per_word": 100, "vocab": vocab},
-  }
-  path.write_text(json.dumps(spec), encoding="utf-8")
-  return path
-
 
 def _r(*tokens):
   return [RELEASE_WP_WORDS.index(t) for t in tokens]

@@ -1,6 +1,5 @@
 """Training loop: metrics, checkpoints, exact resume, preemption, non-finite steps,
 prefetching, goodput, throughput/MFU and profiles."""
-import json
 import pathlib
 
 import jax
@@ -9,32 +8,7 @@ import numpy as np
 import pytest
 
 from ssacl_jax import flops, state as state_lib, steps, train
-from tiny_config import tiny_config
-
-PEAK = 1e9   # a made-up per-device peak, so the CPU runs log MFU
-
-
-def config_for(data_dir, **train_fields):
-  c = tiny_config()
-  c.data.data_dir = data_dir
-  c.train.num_steps = 6
-  c.train.log_every_steps = 1
-  c.train.checkpoint_every_steps = 2
-  c.train.eval_every_steps = 0
-  c.checkpoint.async_save = False
-  c.train.peak_flops_per_device = PEAK
-  for k, v in train_fields.items():
-    c.train[k] = v
-  return c
-
-
-def read_records(workdir):
-  return [json.loads(x) for x in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def read_metrics(workdir):
-  return {r["step"]: r for r in read_records(workdir) if "loss" in r}
-
+from helpers import PEAK, config_for, random_batch, read_metrics, read_records
 
 def checkpoint_steps(workdir):
   return sorted(int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").iterdir()
@@ -98,7 +72,6 @@ def test_non_finite_step_is_refused_and_recorded_on_the_device(tiny_data_dir):
   step keeps the first record; the host check names the step and the term."""
   from ssacl_jax import sharding
   from ssacl_jax.models import ssacl
-  from test_model import random_batch
   config = config_for(tiny_data_dir)
   mesh = sharding.make_mesh(config)
   model = ssacl.build_model(config.model)
@@ -161,7 +134,6 @@ def test_nan_at_step_k_is_named_at_the_next_sync_and_nothing_newer_is_saved(
 def test_gradient_accumulation_averages_microbatch_losses(tiny_data_dir):
   from ssacl_jax import sharding
   from ssacl_jax.models import ssacl
-  from test_model import random_batch
   config = config_for(tiny_data_dir)
   config.train.grad_accum_steps = 2
   mesh = sharding.make_mesh(config)

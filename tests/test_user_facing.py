@@ -6,51 +6,21 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import urllib.parse
 
 import ml_collections
 import numpy as np
 import pytest
 
-from ssacl_jax import anatomy, checkpointing, cli, config_lib, evaluate, inference, pathology_head, predict, train
+from ssacl_jax import anatomy, checkpointing, cli, config_lib, inference, predict, train
+from ssacl_jax.evaluators import _outputs, _studies, pathology_head
 from ssacl_jax.evaluation import chromium, report_card
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from helpers import ROOT, assert_links_resolve
 
 
 # ----------------------------------------------------------------------------- pages
-class _Links(html.parser.HTMLParser):
-  def __init__(self):
-    super().__init__()
-    self.links = []
-
-  def handle_starttag(self, tag, attrs):
-    self.links += [v for k, v in attrs if k in ("src", "href", "data-src") and v]
-
-
-def page_links(page: pathlib.Path) -> list[str]:
-  parser = _Links()
-  parser.feed(page.read_text(encoding="utf-8"))
-  return parser.links
-
-
-def assert_links_resolve(page: pathlib.Path) -> int:
-  """Every relative link of the page names an existing file; the only absolute ones are
-  the repository's docs/EVALUATION.md. Returns the number of relative links."""
-  relative = 0
-  for link in page_links(page):
-    url = urllib.parse.urlparse(link)
-    if url.scheme == "file":
-      assert url.path.endswith("/docs/EVALUATION.md"), link
-      continue
-    assert not url.scheme and not link.startswith("/"), link
-    assert (page.parent / urllib.parse.unquote(url.path)).is_file(), f"{page}: {link}"
-    relative += 1
-  return relative
-
-
 def fake_results(n=3, grid=4, image=32, findings=2):
-  """evaluate.collect's output for n studies (random maps), with the labeler's labels."""
+  """_studies.collect's output for n studies (random maps), with the labeler's labels."""
   rng = np.random.default_rng(0)
   labels = rng.choice([1, 0, -1, -2], size=(n, anatomy.NUM_PATHOLOGIES))
   sentences = np.array([["There is a small left effusion.", ""]] * n, object)
@@ -74,8 +44,8 @@ def card(tmp_path, monkeypatch):
              "grounding/leaves/ours/cnr": 1.5, "grounding/leaves/random/cnr": 0.0,
              "grounding/leaves/cls_attention/cnr": 0.5,
              "ci95": {"language/BLEU_4": [0.2, 0.3]}, "protocol": {"dataset": "synthetic_cxr"}}
-  evaluate.write_outputs(pathlib.Path("../work/eval/test"), fake_results(), metrics,
-                         evaluate.Scores(), 4, cfg,
+  _outputs.write_outputs(pathlib.Path("../work/eval/test"), fake_results(), metrics,
+                         _studies.Scores(), 4, cfg,
                          {"trained on": "synthetic_cxr", "synthetic": True})
   monkeypatch.chdir(tmp_path)
   return tmp_path / "work" / "eval" / "test" / "report_card.html"
@@ -174,7 +144,7 @@ def test_path_and_image_errors_are_one_line(tmp_path):
       f"error: Permission denied: {missing}. Check the path exists and is writable, or pick "
       "another (--workdir, --out, --config.data.data_dir)")
   with pytest.raises(FileNotFoundError) as e:
-    pathology_head.load_head(tmp_path)
+    pathology_head.load(tmp_path)
   assert "fit the pathology head first with --mode head" in one_error_line(e.value)
   text, good = tmp_path / "notes.png", tmp_path / "good.png"
   text.write_text("not an image")

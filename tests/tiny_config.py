@@ -1,22 +1,18 @@
-"""The smallest SS-ACL config, for fast tests."""
-from configs import demo
+"""The tests' tiny SS-ACL model as a config file for the command-line tools
+(`--config tests/tiny_config.py[:batch=N,fsdp=N,tensor=N]`; data takes the devices left).
+The config itself is helpers.tiny_config."""
+import pathlib
+import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-def tiny_config():
-  c = demo.get_config("steps=4,batch=8")
-  m = c.model
-  m.image_size, m.patch = 32, 8
-  m.encoder = dict(width=32, depth=2, num_heads=4, mlp_dim=64)
-  m.image_decoder = dict(width=32, depth=1, num_heads=4, mlp_dim=64)
-  m.text = dict(vocab_size=512, max_len=24, width=32, depth=1, num_heads=4, mlp_dim=64)
-  m.report = dict(vocab_size=512, max_positions=96, width=32, depth=2, num_heads=4, mlp_dim=64)
-  d = c.data
-  d.text_len, d.report_len, d.prompt_len, d.decoder_len, d.anatomy_len = 24, 20, 6, 28, 6
-  d.builder = dict(train_size=32, validation_size=8, test_size=8, image_size=48, seed=0)
-  return c
+from helpers import tiny_config  # noqa: E402
+from ssacl_jax import config_lib  # noqa: E402
 
 
 def get_config(arg=None):
-  """So the command line can use it: --config tests/tiny_config.py."""
-  del arg
-  return tiny_config()
+  a = config_lib.parse_arg(arg, batch=8, fsdp=1, tensor=1)
+  c = tiny_config()
+  c.train.global_batch_size = a.batch
+  c.mesh.shape = (-1, a.fsdp, a.tensor)
+  return c
