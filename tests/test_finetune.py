@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssacl_jax import checkpointing, config_lib, demo, main, sharding, state as state_lib, steps, train
+from ssacl_jax import (checkpointing, config_lib, demo, evaluators, sharding, state as state_lib,
+                       steps, train)
 from ssacl_jax.evaluators import downstream
 from ssacl_jax.models import finetune as models
 from ssacl_jax.tasks import finetune as finetune_task
@@ -20,6 +21,12 @@ from helpers import ROOT, env, main_command, tiny_config, tiny_finetune_config
 
 def np_sigmoid(x):
   return 1.0 / (1.0 + np.exp(-x))
+
+
+def finetune_then_score(config, workdir):
+  """What --mode finetune runs: train, then the --mode eval evaluators."""
+  train.train_and_evaluate(config, workdir)
+  return evaluators.evaluate_workdir(config, workdir)
 
 
 def test_multilabel_bce_matches_numpy():
@@ -173,7 +180,7 @@ def finetuned(kind, arg, data_dir, workdir, init=""):
   config.data.data_dir = data_dir
   config.init.checkpoint = init
   config.train.eval_every_steps = config.train.checkpoint_every_steps = config.train.num_steps // 4
-  return main.train_then_evaluate(config, str(workdir))
+  return finetune_then_score(config, str(workdir))
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +242,7 @@ def test_ssacl_encoder_beats_random_init_with_1pct_labels(tmp_path_factory):
     config = finetune_synthetic.get_config(f"label_fraction=0.01,{arg}")
     config.data.data_dir = data_dir
     config.checkpoint.async_save = False
-    return main.train_then_evaluate(config, str(tmp_path_factory.mktemp("ft")))["auroc_mean"]
+    return finetune_then_score(config, str(tmp_path_factory.mktemp("ft")))["auroc_mean"]
 
   for mode in ("linear_probe", "lr=1e-3"):
     ours = auroc(f"{mode},init={pretrained_dir}")
