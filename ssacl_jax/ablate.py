@@ -26,7 +26,7 @@ from ssacl_jax import demo  # first: sets XLA_FLAGS before anything imports jax
 from absl import app, flags
 
 from configs import demo as demo_configs
-from ssacl_jax import checkpointing, config_lib
+from ssacl_jax import checkpointing, tasks
 
 # (table header, metrics.json key); the keys are those the evaluators write (ssacl_jax/evaluators/).
 COLUMNS = (
@@ -176,7 +176,7 @@ def main(argv):
   if unknown or not variants:
     raise app.UsageError(f"--variants {f.variants!r}: unknown {unknown}; choose from "
                          f"{', '.join(demo_configs.ABLATIONS)}", exitcode=2)
-  config_lib.validate(f.config)
+  tasks.validate(f.config)
   print(markdown(run_ablations(f.config, f.workdir, variants)), flush=True)
 
 

@@ -32,14 +32,14 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from ssacl_jax import anatomy, sharding
+from ssacl_jax import anatomy, cli, sharding
 
 
 class CheckpointMismatchError(ValueError):
   pass
 
 
-class DamagedCheckpointError(RuntimeError):
+class DamagedCheckpointError(RuntimeError, cli.UserFixableError):
   pass
 
 

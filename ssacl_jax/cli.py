@@ -53,11 +53,15 @@ def say(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- errors
+class UserFixableError(Exception):
+  """Mixed into error types whose message alone tells the user what to do (a damaged
+  checkpoint, ...), so that they print as one line without being ValueErrors."""
+
+
 def expected_errors() -> tuple[type[BaseException], ...]:
-  """Failures a user can fix from the message alone (anything else keeps its traceback)."""
-  from ssacl_jax import checkpointing, config_lib
-  return (config_lib.ConfigError, checkpointing.CheckpointMismatchError,
-          checkpointing.DamagedCheckpointError, FloatingPointError, OSError, ValueError)
+  """Failures a user can fix from the message alone (anything else keeps its traceback);
+  config and checkpoint-mismatch errors are ValueErrors."""
+  return (UserFixableError, FloatingPointError, OSError, ValueError)
 
 
 def error_line(e: BaseException) -> str:

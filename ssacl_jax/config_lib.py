@@ -78,8 +78,9 @@ def check_required_init(config) -> None:
         "configs/ssacl_vitb16.py:from_scratch)")
 
 
-def validate(config) -> None:
-  """Fail early, naming the fields, when a config cannot work."""
+def validate(config, task_problems=()) -> None:
+  """Fail early, naming the fields, when a config cannot work; task_problems: the task's
+  own (ssacl_jax.tasks.validate passes them), listed in the same error."""
   from ssacl_jax import anatomy
   m, d, t = config.model, config.data, config.train
   problems = []
@@ -111,7 +112,7 @@ def validate(config) -> None:
   if not 0 < m.mask_ratio < 1:
     problems.append(f"model.mask_ratio {m.mask_ratio} must be in (0, 1)")
   problems += _labeler_problems(config.eval)
-  problems += _task_problems(config)
+  problems += list(task_problems)
   problems += _eval_dataset_problems(config)
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
@@ -137,45 +138,9 @@ def _labeler_problems(e) -> list[str]:
   return []
 
 
-def _task_problems(config) -> list[str]:
-  """The task's own checks: of its config section, config.<task>, where there is a check
-  for it in _TASK_SECTION_CHECKS. The task registry (ssacl_jax/tasks/<name>.py) takes these
-  over as each module's `validate(config) -> list[str]`, run by whoever looks the task up;
-  its lookup error replaces the unknown-task line."""
-  task = config.get("task", "ssacl")
-  if task not in _TASKS:
-    return [f"task {task!r} must be one of {', '.join(_TASKS)}"]
-  check = _TASK_SECTION_CHECKS.get(task)
-  if check is None:
-    return []
-  if config.get(task) is None:
-    return [f"task {task!r} needs a {task} section (configs/{task}_*.py have one)"]
-  return check(config)
-
-
-def _finetune_problems(config) -> list[str]:
-  from input_pipeline import builders
-  from input_pipeline.builders import downstream
-  f, problems = config.finetune, []
-  if f.kind not in ("classification", "segmentation"):
-    problems.append(f"finetune.kind {f.kind!r} must be 'classification' or 'segmentation'")
-  try:
-    downstream.split_for_fraction(f.label_fraction)
-  except ValueError as e:
-    problems.append(f"finetune.label_fraction: {e}")
-  if config.data.dataset not in builders.DOWNSTREAM:
-    problems.append(f"data.dataset {config.data.dataset!r} is not a downstream set "
-                    f"({', '.join(builders.DOWNSTREAM)})")
-  wanted = {"classification": "val_auroc_mean", "segmentation": "val_dice"}.get(f.kind)
-  if config.checkpoint.best_metric != wanted or config.checkpoint.best_mode != "max":
-    problems.append(f"checkpoint.best_metric/best_mode {config.checkpoint.best_metric!r}/"
-                    f"{config.checkpoint.best_mode!r}: {f.kind} selects on {wanted!r}, 'max'")
-  return problems
 
 
 # The tasks config.task may name, and the checks of a task's own config section.
-_TASKS = ("ssacl", "finetune")
-_TASK_SECTION_CHECKS = {"finetune": _finetune_problems}
 
 
 CONFIG_FILE = "config.json"

@@ -64,9 +64,8 @@ def run(config, workdir, tag: str = "demo") -> dict:
   """The four stages (three without a warm start), each announced with the time left.
   Returns the stage times (s)."""
   import jax
-  from ssacl_jax import config_lib, evaluators, train
-  from ssacl_jax.evaluators import pathology_head
-  config_lib.validate(config)
+  from ssacl_jax import evaluators, pathology_head, tasks, train
+  tasks.validate(config)
   stages = warm_start_configs(config, workdir)
   config = stages[-1][0]
   plan = [("warm start", c.train.num_steps) for c, _ in stages[:-1]]

@@ -14,7 +14,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from input_pipeline import tokenizers as tok_lib
+from input_pipeline import pipeline, tokenizers as tok_lib
 from ssacl_jax import (anatomy, checkpointing, data as data_lib, generate, pretrained, sharding,
                        state as state_lib)
 from ssacl_jax.models import ssacl
@@ -163,3 +163,18 @@ def generate_reports(r: Restored, images, predicted, decode_cfg) -> list[str]:
                                   jnp.asarray(leaf_masks), decode_cfg,
                                   prompt_ids=prompt_ids, prompt_mask=prompt_mask)
   return decode_reports(dec_tok, gather(gen.tokens), gather(gen.lengths))
+
+
+def eval_batches(r, split: str, *, batch_size: int = 0, max_examples: int = 0):
+  """(global model batch, local batch with the studies' texts and boxes) over an SS-ACL
+  split; r: an inference.Restored or evaluators.Context."""
+  source = data_lib.load_source(r.config, split)
+  if max_examples:
+    source = data_lib.first_records(source, max_examples)
+
+  def local_batches(source, process_index, process_count, per_process):
+    return pipeline.make_eval_iterator(source, r.config, r.tokenizers, process_index,
+                                       process_count, per_process)
+
+  return data_lib.eval_batches(source, local_batches, r.mesh, r.batch_sharding,
+                               pipeline.TRAIN_KEYS, batch_size or r.config.eval.batch_size)

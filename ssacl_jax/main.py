@@ -57,7 +57,7 @@ def train_then_evaluate(config, workdir: str):
 
 def fit_pathology_head(config, workdir: str):
   """--mode head: fit (or refit) the pathology head on the frozen encoder."""
-  from ssacl_jax.evaluators import pathology_head
+  from ssacl_jax import pathology_head
   return pathology_head.fit(config, workdir)
 
 
@@ -69,7 +69,7 @@ def main(argv):
   del argv
   initialize_hosts()
   config = _CONFIG.value
-  config_lib.validate(config)
+  tasks.validate(config)
   mode, task_modes = _MODE.value, tasks.get(config.task).MODES
   if mode not in task_modes:
     raise config_lib.ConfigError(

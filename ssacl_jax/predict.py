@@ -27,7 +27,7 @@ from absl import flags
 from input_pipeline import transforms
 from ssacl_jax import anatomy, cli, config_lib, inference
 from ssacl_jax.evaluation import grounding, report_card
-from ssacl_jax.evaluators import pathology_head
+from ssacl_jax import pathology_head
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (checkpoints, config.json).")
 _IMAGES = flags.DEFINE_multi_string("image", None, "Radiograph file(s): PNG, JPEG or DICOM.")

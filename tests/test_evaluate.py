@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ssacl_jax import anatomy, checkpointing, evaluators, predict, train
-from ssacl_jax.evaluators import _studies, pathology_head
+from ssacl_jax import pathology_head
+from ssacl_jax.evaluators import _studies
 from ssacl_jax.evaluation import bootstrap
 from helpers import ROOT, assert_links_resolve, eval_config
 

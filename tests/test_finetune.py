@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ssacl_jax import (checkpointing, config_lib, demo, evaluators, sharding, state as state_lib,
-                       steps, train)
+                       optim, steps, tasks, train)
 from ssacl_jax.evaluators import downstream
 from ssacl_jax.models import finetune as models
 from ssacl_jax.tasks import finetune as finetune_task
@@ -82,7 +82,8 @@ def test_classification_scores_name_every_class():
 
 def _setup(config, kind):
   mesh = sharding.make_mesh(config)
-  model = models.build_model(config, 14)
+  model = models.build_model(config, 14,
+                             frozen_encoder="image_encoder" in optim.frozen_groups(config))
   setup = state_lib.setup_state(config, model, mesh, (), models.dummy_batch(config, 14, 1))
   batch = models.dummy_batch(config, 14, 8)
   rng = np.random.default_rng(0)
@@ -130,7 +131,7 @@ def test_config_checks_name_the_fields():
   config.finetune.label_fraction = 0.05
   config.data.dataset = "synthetic_cxr"
   with pytest.raises(config_lib.ConfigError, match="label_fraction.*\n.*synthetic_cxr"):
-    config_lib.validate(config)
+    tasks.validate(config)
 
 
 def test_synthetic_finetune_config_takes_the_demo_encoder_and_its_variants():

@@ -15,29 +15,31 @@ PACKAGES = ("ssacl_jax", "input_pipeline", "configs")
 # a package above it), so a new module inside a listed package needs no new entry.
 LAYERS = {
     "ssacl_jax.anatomy": 0,
-    "ssacl_jax.config_lib": 1, "ssacl_jax.cli": 1, "ssacl_jax.hardware": 1,
+    "ssacl_jax.hardware": 1,
     "ssacl_jax.metric_writers": 1,
     "input_pipeline": 2,
     "ssacl_jax.layers": 3, "ssacl_jax.losses": 3, "ssacl_jax.models": 3,
     "ssacl_jax.generate": 3, "ssacl_jax.flops": 3, "ssacl_jax.roofline": 3,
-    "ssacl_jax.collectives": 3, "ssacl_jax.hlo": 3, "ssacl_jax.evaluation": 3,
+    "ssacl_jax.collectives": 3, "ssacl_jax.hlo_report": 3, "ssacl_jax.evaluation": 3,
     "ssacl_jax.sharding": 4, "ssacl_jax.optim": 4, "ssacl_jax.checkpointing": 4,
     "ssacl_jax.state": 4, "ssacl_jax.data": 4, "ssacl_jax.pretrained": 4,
-    "ssacl_jax.convert": 4, "ssacl_jax.perf": 4,
+    "ssacl_jax.convert": 4, "ssacl_jax.perf": 4, "ssacl_jax.steps": 4,
+    "ssacl_jax.config_lib": 4,   # validation knows the models and data sets it checks
+    "ssacl_jax.cli": 4,          # one-line errors: the config and checkpoint errors
     "ssacl_jax.tasks": 5,
     "ssacl_jax.evaluators": 6, "ssacl_jax.inference": 6, "ssacl_jax.pathology_head": 6,
     "ssacl_jax.train": 7, "ssacl_jax.main": 7, "ssacl_jax.demo": 7, "ssacl_jax.ablate": 7,
     "ssacl_jax.predict": 7, "ssacl_jax.aot": 7, "ssacl_jax.param_count": 7,
     "ssacl_jax.compare": 7, "ssacl_jax.convert.__main__": 7,
-    "configs": 1,
+    "configs": 7,                # recipes, loaded by the entry points (--config)
 }
 # Package roots match only themselves (their empty __init__), not every module inside.
 ROOT_PACKAGES = {"ssacl_jax": 0}
-# Of the project, input_pipeline may import only anatomy; a config only config_lib and
-# configs.common, so that a recipe reads in one file.
+# Of the project, input_pipeline may import only anatomy; a config only other configs (the
+# shared pieces in configs.common, or the recipe it is a variant of) and config_lib.
 ONLY_OF_OURS = {
     "input_pipeline": ("input_pipeline", "ssacl_jax.anatomy"),
-    "configs": ("configs.common", "ssacl_jax.config_lib"),
+    "configs": ("configs", "ssacl_jax.config_lib"),
 }
 
 

@@ -11,8 +11,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ssacl_jax import anatomy, checkpointing, cli, config_lib, inference, predict, train
-from ssacl_jax.evaluators import _outputs, _studies, pathology_head
+from ssacl_jax import (anatomy, checkpointing, cli, config_lib, evaluators, inference,
+                       pathology_head, predict, train)
+from ssacl_jax.evaluators import _outputs, _studies
 from ssacl_jax.evaluation import chromium, report_card
 
 from helpers import ROOT, assert_links_resolve
@@ -200,8 +201,8 @@ def test_demo_announces_each_stage_with_the_time_left(monkeypatch, capsys, tmp_p
   assert demo.eta_seconds(plan, 1, 398.0) == pytest.approx(2 * (403 + 6 + 30))  # 2x slower
   ran = []
   monkeypatch.setattr(train, "train_and_evaluate", lambda c, w: ran.append(("train", w)))
-  monkeypatch.setattr(pathology_head, "train_head", lambda c, w: ran.append(("head", w)))
-  monkeypatch.setattr(evaluate, "evaluate", lambda c, w: ran.append(("eval", w)))
+  monkeypatch.setattr(pathology_head, "fit", lambda c, w: ran.append(("head", w)))
+  monkeypatch.setattr(evaluators, "evaluate_workdir", lambda c, w: ran.append(("eval", w)))
   demo.run(config_lib.load_config_file("configs/demo.py"), str(tmp_path))
   assert [k for k, _ in ran] == ["train", "train", "head", "eval"]
   printed = capsys.readouterr().out.splitlines()

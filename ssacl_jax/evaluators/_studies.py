@@ -10,8 +10,8 @@ import dataclasses
 
 import numpy as np
 
-from input_pipeline import labeler as labeler_lib, pipeline
-from ssacl_jax import data as data_lib, inference
+from input_pipeline import labeler as labeler_lib
+from ssacl_jax import inference, pathology_head
 
 ORACLE = "oracle_reference_labels"      # eval.pathology_source: the reference labels prompt
 PATHOLOGY_HEAD = "head"                 # eval.pathology_source: the pathology head's positives
@@ -44,21 +44,6 @@ def keep(ctx, kind: str, scores: Scores) -> dict:
   return scores.metrics
 
 
-def eval_batches(r, split: str, *, batch_size: int = 0, max_examples: int = 0):
-  """(global model batch, local batch with the studies' texts and boxes) over an SS-ACL
-  split; r: an inference.Restored or evaluators.Context."""
-  source = data_lib.load_source(r.config, split)
-  if max_examples:
-    source = data_lib.first_records(source, max_examples)
-
-  def local_batches(source, process_index, process_count, per_process):
-    return pipeline.make_eval_iterator(source, r.config, r.tokenizers, process_index,
-                                       process_count, per_process)
-
-  return data_lib.eval_batches(source, local_batches, r.mesh, r.batch_sharding,
-                               pipeline.TRAIN_KEYS, batch_size or r.config.eval.batch_size)
-
-
 def make_labeler(cfg, batch_sharding):
   """The clinical-efficacy labeler of config.eval (CheXbert labels on the eval mesh)."""
   kind = cfg.get("labeler", labeler_lib.RULES)
@@ -80,7 +65,6 @@ def studies(config, ctx) -> dict:
     r = ctx.restored()
     head = None
     if cfg.pathology_source == PATHOLOGY_HEAD:
-      from ssacl_jax.evaluators import pathology_head
       head = pathology_head.load_or_fit(config, ctx)
     labeler = make_labeler(cfg, r.batch_sharding)  # before generating: bad paths fail early
     res = collect(r, cfg.split, head, cfg)
@@ -92,14 +76,13 @@ def studies(config, ctx) -> dict:
 
 def collect(r, split: str, head, cfg) -> dict:
   """Run every model output the evaluators need over a split (valid rows only)."""
-  from ssacl_jax.evaluators import pathology_head
   m, d = r.config.model, r.config.data
   text_tok = r.tokenizers.text
   maps_fn = inference.jit_method(r, inference.grounding_maps)
   text_fn = inference.jit_method(r, inference.text_embeddings)
   decode_cfg = inference.decode_config(r)
   out = collections.defaultdict(list)
-  for batch, local in eval_batches(r, split, max_examples=cfg.max_examples):
+  for batch, local in inference.eval_batches(r, split, max_examples=cfg.max_examples):
     valid = np.asarray(local["valid"], bool)
     b = len(valid)
     sentences = [[s or "" for s in row] for row in local["finding_sentences"]]

@@ -15,7 +15,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from input_pipeline import labeler as labeler_lib
 from ssacl_jax import inference, layers, sharding, state as state_lib
 from ssacl_jax.evaluation import clinical, language
-from ssacl_jax.evaluators import _studies
 from ssacl_jax.models import ssacl
 
 GENERATION_METRICS = ("micro14/f1", "micro5/f1", "macro14/f1", "example/f1")
@@ -54,7 +53,7 @@ def validation_losses(config, ctx) -> dict:
                                      compiler_options=state_lib.compiler_options())
   eval_step, key = ctx.compiled["eval_step"], jax.random.key(config.train.seed + 1)
   totals, count = {}, 0
-  for batch, local in _studies.eval_batches(ctx, config.data.eval_split,
+  for batch, local in inference.eval_batches(ctx, config.data.eval_split,
                                             batch_size=config.train.global_batch_size,
                                             max_examples=config.eval.max_examples):
     if count and not np.all(local["valid"]):  # padded rows would weigh in the mean
@@ -71,7 +70,7 @@ def generation_scores(r, split: str, num_examples: int) -> dict:
   """Generation scores on the first `num_examples` of a split: BLEU, ROUGE-L, CIDEr (no
   METEOR) and clinical F1, prompted by the reference labels."""
   generated, references, decode_cfg = [], [], inference.decode_config(r)
-  for batch, local in _studies.eval_batches(r, split, max_examples=num_examples):
+  for batch, local in inference.eval_batches(r, split, max_examples=num_examples):
     valid = np.asarray(local["valid"], bool)
     reports = inference.generate_reports(r, batch["image"], np.asarray(local["labels"]), decode_cfg)
     generated += [g for g, ok in zip(reports, valid) if ok]

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ssacl_jax import layers, optim
+from ssacl_jax import layers
 from ssacl_jax.models.image import ImageEncoder, position_table
 from ssacl_jax.models.ssacl import dtype_from_name
 
@@ -88,11 +88,12 @@ class SegmentationDecoder(nn.Module):
 class Finetuner(nn.Module):
   """image_encoder (SS-ACL's) + `head` (classification) or `decoder` (segmentation).
 
-  config: the whole config (model.* for the encoder, finetune.* for the task, and
-  optim.freeze: 'image_encoder' there stops gradients at the encoder, linear probing).
+  config: the whole config (model.* for the encoder, finetune.* for the task);
+  frozen_encoder: gradients stop at the encoder (linear probing: optim.freeze names it).
   """
   config: ml_collections.FrozenConfigDict
   num_classes: int
+  frozen_encoder: bool = False
 
   def setup(self):
     m, f = self.config.model, self.config.finetune
@@ -110,10 +111,6 @@ class Finetuner(nn.Module):
     else:
       raise ValueError(f"finetune.kind {f.kind!r}: expected {CLASSIFICATION!r} or "
                        f"{SEGMENTATION!r}")
-
-  @property
-  def frozen_encoder(self) -> bool:
-    return "image_encoder" in optim.frozen_groups(self.config)
 
   def logits(self, images):
     """[B, C] class logits or [B, S, S] mask logits, float32."""
@@ -141,8 +138,8 @@ def loss_terms(kind: str) -> tuple[str, ...]:
   return ("bce",) if kind == CLASSIFICATION else ("bce", "dice")
 
 
-def build_model(config, num_classes: int) -> Finetuner:
-  return Finetuner(ml_collections.FrozenConfigDict(config), num_classes)
+def build_model(config, num_classes: int, frozen_encoder: bool = False) -> Finetuner:
+  return Finetuner(ml_collections.FrozenConfigDict(config), num_classes, frozen_encoder)
 
 
 def dummy_batch(config, num_classes: int, batch_size: int) -> dict:

@@ -3,6 +3,7 @@
 A task is a module `ssacl_jax/tasks/<name>.py` (config.task = '<name>') providing
   build(config, mesh, batch_sharding, workdir) -> Task
   MODES: the `--mode`s of ssacl_jax.main it runs under ('train' and 'finetune' train it)
+  problems(config) -> [str] (optional): its own config checks, listed by `validate`
 What is scored, during training and in `--mode eval`, is config.evals (ssacl_jax/evaluators/).
 Adding a task is adding its module; nothing else names it.
 """
@@ -44,3 +45,14 @@ def get(name: str) -> ModuleType:
     raise ValueError(f"config.task {name!r} is not a task; available: "
                      f"{', '.join(available())} (modules in ssacl_jax/tasks/)")
   return importlib.import_module(f"{__name__}.{name}")
+
+
+def validate(config) -> None:
+  """config_lib.validate with config.task's own checks: one ConfigError naming them all."""
+  from ssacl_jax import config_lib
+  name = config.get("task", "ssacl")
+  if name not in available():
+    task_problems = [f"task {name!r} must be one of {', '.join(available())}"]
+  else:
+    task_problems = getattr(get(name), "problems", lambda c: [])(config)
+  config_lib.validate(config, task_problems)

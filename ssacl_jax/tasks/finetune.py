@@ -20,11 +20,32 @@ import jax
 
 from input_pipeline import builders, finetune_pipeline, pipeline
 from input_pipeline.builders import downstream
-from ssacl_jax import data as data_lib
+from ssacl_jax import data as data_lib, optim
 from ssacl_jax.models import finetune as models
 from ssacl_jax.tasks import Task
 
 MODES = ("finetune", "eval")
+
+
+def problems(config) -> list[str]:
+  """This task's checks of config.finetune (tasks.validate lists them with the rest)."""
+  if config.get("finetune") is None:
+    return ["task 'finetune' needs a finetune section (configs/finetune_*.py have one)"]
+  f, problems = config.finetune, []
+  if f.kind not in ("classification", "segmentation"):
+    problems.append(f"finetune.kind {f.kind!r} must be 'classification' or 'segmentation'")
+  try:
+    downstream.split_for_fraction(f.label_fraction)
+  except ValueError as e:
+    problems.append(f"finetune.label_fraction: {e}")
+  if config.data.dataset not in builders.DOWNSTREAM:
+    problems.append(f"data.dataset {config.data.dataset!r} is not a downstream set "
+                    f"({', '.join(builders.DOWNSTREAM)})")
+  wanted = {"classification": "val_auroc_mean", "segmentation": "val_dice"}.get(f.kind)
+  if config.checkpoint.best_metric != wanted or config.checkpoint.best_mode != "max":
+    problems.append(f"checkpoint.best_metric/best_mode {config.checkpoint.best_metric!r}/"
+                    f"{config.checkpoint.best_mode!r}: {f.kind} selects on {wanted!r}, 'max'")
+  return problems
 
 
 def class_names(config) -> tuple[str, ...]:
@@ -78,7 +99,8 @@ class FinetuneData:
 
 # ----------------------------------------------------------------------------- task
 def build_model(config) -> models.Finetuner:
-  return models.build_model(config, len(class_names(config)))
+  return models.build_model(config, len(class_names(config)),
+                            frozen_encoder="image_encoder" in optim.frozen_groups(config))
 
 
 def example_batch(config) -> dict:
