@@ -12,7 +12,9 @@ import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
 flags.FLAGS(sys.argv[:1], known_only=True)
-sys.path.insert(0, os.path.dirname(__file__))
+# The repo (ssacl_jax, configs) and tests/ (helpers), however the package is installed.
+sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                os.path.dirname(os.path.abspath(__file__))]
 
 
 def main():

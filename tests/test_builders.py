@@ -19,7 +19,7 @@ from input_pipeline.builders import iu_xray
 from input_pipeline.builders import mimic_cxr
 from input_pipeline.builders import release_csv
 from helpers import write_dicom
-from configs import common
+from configs import common as config_common
 from ssacl_jax import anatomy
 
 tfds.disable_progress_bar()
@@ -310,7 +310,7 @@ def test_mimic_data_choices_from_the_config_are_recorded_and_prepared_apart(tmp_
   metadata, and another choice is prepared in its own folder (the first one untouched)."""
   from ssacl_jax import data as data_lib
   root = make_mimic(tmp_path / "mimic")
-  config = common.base_config()
+  config = config_common.base_config()
   config.data.dataset, config.data.data_dir = "mimic_cxr", str(tmp_path / "data")
   config.data.manual_dir, config.data.builder = str(root), dict(image_size=32)
   train = data_lib.load_source(config, "train")

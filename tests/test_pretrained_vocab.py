@@ -147,7 +147,7 @@ def test_paper_config_trains_and_evaluates_from_gpt2_and_mae(tiny_data_dir, weig
                                 mae_state["cls_token"].numpy().reshape(-1))
 
   # The training pipeline's decoder targets are the BPE ids of the report.
-  model_batch, local = next(_studies.eval_batches(r, "test", batch_size=8))
+  model_batch, local = next(inference.eval_batches(r, "test", batch_size=8))
   report = transforms.clean_text(features.as_text(local["report"][0]))
   want = bpe.encode(report)[:config.data.report_len] + [198]
   assert np.asarray(jax.device_get(model_batch["dec_ids"]))[0, :len(want)].tolist() == want
