@@ -72,7 +72,6 @@ def test_resume_continues_identically(uninterrupted, tiny_data_dir, tmp_path, ca
 def test_non_finite_step_is_refused_and_recorded_on_the_device(tiny_data_dir):
   """The step leaves the state untouched and records its number and terms; a later finite
   step keeps the first record; the host check names the step and the term."""
-
   config = config_for(tiny_data_dir)
   mesh = sharding.make_mesh(config)
   model = ssacl.build_model(config.model)
@@ -132,7 +131,6 @@ def test_nan_at_step_k_is_named_at_the_next_sync_and_nothing_newer_is_saved(
 
 
 def test_gradient_accumulation_averages_microbatch_losses(tiny_data_dir):
-
   config = config_for(tiny_data_dir)
   config.train.grad_accum_steps = 2
   mesh = sharding.make_mesh(config)
