@@ -243,21 +243,6 @@ def _mark_seen(seen, tokens):
   return seen.at[jnp.arange(seen.shape[0]), tokens].set(True)
 
 
-def teacher_forced_logits(lm: LanguageModel, prefix, prefix_valid, ids, cfg: DecodeConfig,
-                          prompt_ids=None, prompt_mask=None):
-  """Logits [B, T, V] scoring ids[:, t] through the cached path (prefill, then feeding)."""
-  pre = prefill(lm, prefix, prefix_valid, cfg, prompt_ids, prompt_mask)
-
-  def step(caches, inputs):
-    t, tok = inputs
-    logits, caches = feed(lm, tok, caches, pre.base_valid, pre.start, t, pre.position)
-    return caches, logits
-
-  steps = jnp.arange(ids.shape[1] - 1)
-  _, rest = jax.lax.scan(step, pre.caches, (steps, ids[:, :-1].T))
-  return jnp.concatenate([pre.logits[:, None], jnp.moveaxis(rest, 0, 1)], axis=1)
-
-
 # -- greedy and sampling -----------------------------------------------------------------------
 
 def _sequential(lm, prefix, prefix_valid, cfg, prompt_ids, prompt_mask, choose) -> Generation:

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import sys
 import urllib.parse
 
@@ -424,3 +425,60 @@ def _torch_release():
 
   return dict(ReleaseLike=ReleaseLike, gpt2_config=gpt2_config, randomise=randomise,
               mae_file=mae_file)
+
+
+# ----------------------------------------------------------------------------- helpers over the package's internals
+_PROBE = ("<script>window.addEventListener('load', function () {"
+          "var w = Array.from(document.images).map(function (i) {"
+          "return [i.getAttribute('src'), i.naturalWidth]; });"
+          "var p = document.createElement('pre'); p.id = 'natural-widths';"
+          "p.textContent = JSON.stringify(w); document.body.appendChild(p); });</script>")
+
+
+def natural_widths(page) -> list[tuple[str, int]]:
+  """[(src, naturalWidth)] of every <img> once the page has loaded (0: not decoded).
+
+  Reads a copy of the page, beside it so relative links resolve, with a script that
+  writes the widths into the DOM, which --dump-dom prints.
+  """
+  from ssacl_jax.evaluation import chromium
+  page = pathlib.Path(page)
+  probe = page.with_name(f".probe_{page.name}")
+  probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _PROBE + "</body>"),
+                   encoding="utf-8")
+  try:
+    dom = chromium.run_headless(probe, "--dump-dom", "--virtual-time-budget=5000", "--window-size=1280,20000")
+  finally:
+    probe.unlink()
+  found = re.search(r"<pre id=\"natural-widths\">(.*?)</pre>", dom, re.S)
+  if not found:
+    raise RuntimeError("the page's load event never ran in Chromium")
+  return [(src, int(w)) for src, w in json.loads(found.group(1).replace("&amp;", "&"))]
+
+
+def label_precision_at_k(similarity, report_labels, k: int) -> float:
+  """Mean fraction of the top-k reports sharing a positive label with the query's report."""
+  from ssacl_jax.evaluation import retrieval
+  return float(retrieval.label_precision_per_query(similarity, report_labels, k).mean())
+
+
+def teacher_forced_logits(lm, prefix, prefix_valid, ids, cfg, prompt_ids=None, prompt_mask=None):
+  """Logits [B, T, V] scoring ids[:, t] through generate's cached path (prefill, then feed)."""
+  import jax
+  import jax.numpy as jnp
+  from ssacl_jax import generate
+  pre = generate.prefill(lm, prefix, prefix_valid, cfg, prompt_ids, prompt_mask)
+
+  def step(caches, inputs):
+    t, tok = inputs
+    logits, caches = generate.feed(lm, tok, caches, pre.base_valid, pre.start, t, pre.position)
+    return caches, logits
+
+  steps = jnp.arange(ids.shape[1] - 1)
+  _, rest = jax.lax.scan(step, pre.caches, (steps, ids[:, :-1].T))
+  return jnp.concatenate([pre.logits[:, None], jnp.moveaxis(rest, 0, 1)], axis=1)
+
+
+def encode_with_queries(model, images, queries):
+  """SSACL's image encoder with extra queries: model.apply(..., method=encode_with_queries)."""
+  return model.image_encoder(images, queries=queries)

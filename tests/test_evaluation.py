@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from helpers import label_precision_at_k
 from ssacl_jax import anatomy
 from ssacl_jax.evaluation import (classification, clinical, grounding, language,
                                   report_card, retrieval, zero_shot)
@@ -414,9 +415,9 @@ def test_retrieval_hand_computed():
   for k in (5, 10, 100):
     assert m[f"precision@{k}"] == pytest.approx(5 / 9)
   # top-1: rep0 (relevant), rep2 (not), rep0 by tie order (not) -> 1/3.
-  assert retrieval.label_precision_at_k(sim, labels, 1) == pytest.approx(1 / 3)
+  assert label_precision_at_k(sim, labels, 1) == pytest.approx(1 / 3)
   # top-2: {0, 2} -> 1/2, {2, 0} -> 1/2, {0, 1} for a No Finding query -> 0.
-  assert retrieval.label_precision_at_k(sim, labels, 2) == pytest.approx(1 / 3)
+  assert label_precision_at_k(sim, labels, 2) == pytest.approx(1 / 3)
   assert "precision@5" not in retrieval.retrieval_metrics(sim)
 
 

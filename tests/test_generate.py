@@ -14,7 +14,7 @@ import pytest
 
 from ssacl_jax import generate as gen
 from ssacl_jax.models import ssacl
-from helpers import tiny_config
+from helpers import teacher_forced_logits, tiny_config
 
 
 # ----------------------------------------------------------------------------- a toy LM
@@ -385,7 +385,7 @@ def test_cached_decoding_matches_full_recomputation(tiny):
   r = np.random.default_rng(1)
   ids = jnp.asarray(r.integers(0, tiny["vocab"], size=(3, 7)), jnp.int32)
   cfg = gen.DecodeConfig(max_new_tokens=7)
-  cached = jax.jit(lambda p, pv, i: gen.teacher_forced_logits(lm, p, pv, i, cfg))(
+  cached = jax.jit(lambda p, pv, i: teacher_forced_logits(lm, p, pv, i, cfg))(
       prefix, valid, ids)
   full = full_report_logits(tiny, prefix, valid, ids, jnp.ones(ids.shape, jnp.int32))
   np.testing.assert_allclose(cached, full, atol=1e-5, rtol=1e-5)
@@ -394,7 +394,7 @@ def test_cached_decoding_matches_full_recomputation(tiny):
   # [prefix | its prompt | report] without the padding (same logits, same positions).
   prompt = jnp.asarray(r.integers(0, tiny["vocab"], size=(3, 4)), jnp.int32)
   pmask = jnp.array([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]], jnp.int32)
-  cached = jax.jit(lambda p, pv, i, pi, pm: gen.teacher_forced_logits(lm, p, pv, i, cfg, pi, pm))(
+  cached = jax.jit(lambda p, pv, i, pi, pm: teacher_forced_logits(lm, p, pv, i, cfg, pi, pm))(
       prefix, valid, ids, prompt, pmask)
   for row, n in enumerate(np.asarray(pmask.sum(1))):
     seq = jnp.concatenate([prompt[row:row + 1, :n], ids[row:row + 1]], axis=1)

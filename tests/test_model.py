@@ -8,7 +8,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from configs import ssacl_vitb16
 from ssacl_jax import convert, layers, param_count, sharding, steps
 from ssacl_jax.models import ssacl
-from helpers import random_batch, tiny_config
+from helpers import encode_with_queries, random_batch, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_queries_do_not_see_each_other_and_patches_do_not_see_queries(tiny):
 
   def encode(queries):
     return model.apply(variables, images, queries,
-                       method=lambda m, x, qq: m.encode_with_queries(x, qq))["tokens"]
+                       method=encode_with_queries)["tokens"]
 
   full, sub = encode(q), encode(q[:2])
   np.testing.assert_allclose(full[:, 6:], sub[:, 2:], atol=1e-5)   # CLS and patches

@@ -16,7 +16,7 @@ from ssacl_jax import (anatomy, checkpointing, cli, config_lib, evaluators, infe
 from ssacl_jax.evaluators import _outputs, _studies
 from ssacl_jax.evaluation import chromium, report_card
 
-from helpers import ROOT, assert_links_resolve
+from helpers import ROOT, assert_links_resolve, natural_widths
 
 
 # ----------------------------------------------------------------------------- pages
@@ -71,7 +71,7 @@ def test_report_card_images_decode_in_chromium(card):
   if chromium.find_chromium() is None:
     pytest.skip("Chromium is not installed (apt-get install chromium): the headless check "
                 "of decoded heat maps needs it")
-  widths = chromium.natural_widths(card)
+  widths = natural_widths(card)
   heat = [(src, w) for src, w in widths if "heatmaps/" in src]
   assert len(heat) == len(widths) == 3 * (1 + 1 + len(anatomy.REGIONS) + 1)  # main + thumbnails
   assert all(w == 256 for _, w in heat), [x for x in heat if x[1] != 256]

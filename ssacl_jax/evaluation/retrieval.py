@@ -46,11 +46,6 @@ def top_k(similarity, k: int) -> np.ndarray:
   return np.argsort(-s, axis=1, kind="stable")[:, :min(k, s.shape[1])]
 
 
-def label_precision_at_k(similarity, report_labels, k: int) -> float:
-  """Mean fraction of the top-k reports sharing a positive label with the query's report."""
-  return float(label_precision_per_query(similarity, report_labels, k).mean())
-
-
 def label_precision_per_query(similarity, report_labels, k: int) -> np.ndarray:
   """float [n_img]: fraction of each query's top-k reports sharing a positive label."""
   s = _check_similarity(similarity)

@@ -100,11 +100,6 @@ class SSACL(nn.Module):
     """Report / phrase tokens -> pooled sentence embeddings [B, Dt]."""
     return self.text_encoder(ids, mask)[1]
 
-  def encode_with_queries(self, images, queries, *, mask_ratio=0.0, rng=None,
-                          return_attention=False):
-    return self.image_encoder(images, queries=queries, mask_ratio=mask_ratio, rng=rng,
-                              return_attention=return_attention)
-
   def decoder_prefix(self, leaf_tokens, cls_token, patch_tokens, leaf_mask):
     """Prefix embeddings [B, K + 1 + N, Wd] and their key mask (SPEC 3.6).
 
