@@ -254,7 +254,7 @@ class DevicePrefetcher:
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._produce, name="batch-prefetch", daemon=True)
     # Several processes: batches are made on the loop's thread (no read-ahead), until the
-    # producer thread is shown safe there (tests/test_multihost.py).
+    # producer thread is shown safe there (tests/test_train_multihost.py).
     self.threaded = jax.process_count() == 1 if threaded is None else threaded
     if self.threaded:
       self._thread.start()

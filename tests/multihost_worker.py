@@ -1,4 +1,4 @@
-"""One process of the two-process test (tests/test_multihost.py); not a test itself.
+"""One process of the two-process test (tests/test_train_multihost.py); not a test itself.
 
   python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT DATA_DIR WORKDIR STOP_AT
 """
