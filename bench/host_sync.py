@@ -33,8 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from bench import benchlib  # noqa: E402
 from ssacl_jax import sharding, state as state_lib, steps, train  # noqa: E402
 from ssacl_jax.models import ssacl  # noqa: E402
-from helpers import random_batch  # noqa: E402
-from helpers import tiny_config  # noqa: E402
+from helpers import random_batch, tiny_config  # noqa: E402
 
 
 def jitted_steps(config, setup, mesh):
