@@ -6,12 +6,33 @@ Text-encoder inputs are built as the release builds them (SPEC 2): a report or p
 """
 from __future__ import annotations
 
+import threading
+
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 from ssacl_jax import anatomy
+
+
+class WordCache:
+  """Word -> its ids, filled by `encode_word` on a miss; bounded, and safe for Grain's
+  reader threads sharing one tokenizer."""
+
+  def __init__(self, encode_word, max_words: int = 100_000):
+    self._encode_word, self._max = encode_word, max_words
+    self._words: dict[str, tuple[int, ...]] = {}
+    self._lock = threading.Lock()
+
+  def __call__(self, word: str) -> tuple[int, ...]:
+    ids = self._words.get(word)
+    if ids is None:
+      ids = tuple(self._encode_word(word))
+      if len(self._words) < self._max:
+        with self._lock:
+          self._words[word] = ids
+    return ids
 
 
 @runtime_checkable

@@ -14,10 +14,10 @@ import json
 import os
 import pathlib
 import re
-import threading
 import unicodedata
 from collections.abc import Sequence
 
+from input_pipeline.tokenizers.base import WordCache
 from input_pipeline.tokenizers.hf_json import hf_model_type
 from input_pipeline.tokenizers.unicode_tables import WHITE_SPACE, class_ranges
 
@@ -86,8 +86,8 @@ class Gpt2BpeTokenizer:
     self.bos_id = self.eos_id = self.pad_id = eot
     self.newline_id = encoder.get(b"\n")
     self._pattern = gpt2_pretokenizer()
-    self._cache: dict[str, tuple[int, ...]] = {}
-    self._lock = threading.Lock()
+    self._encode_word = WordCache(
+        lambda word: (self._encoder[p] for p in self._bpe(word.encode("utf-8"))))
 
   def _bpe(self, piece: bytes) -> list[bytes]:
     """Merges the lowest-ranked adjacent pair, all its occurrences, until none apply."""
@@ -108,15 +108,6 @@ class Gpt2BpeTokenizer:
           i += 1
       parts = merged
     return parts
-
-  def _encode_word(self, word: str) -> tuple[int, ...]:
-    cached = self._cache.get(word)
-    if cached is None:
-      cached = tuple(self._encoder[p] for p in self._bpe(word.encode("utf-8")))
-      if len(self._cache) < 100_000:
-        with self._lock:
-          self._cache[word] = cached
-    return cached
 
   def encode(self, text: str) -> list[int]:
     ids: list[int] = []

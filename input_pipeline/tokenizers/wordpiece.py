@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import pathlib
-import threading
 from collections.abc import Sequence
 
+from input_pipeline.tokenizers.base import WordCache
 from input_pipeline.tokenizers.hf_json import (AddedToken, build_normalizer,
                                                build_pre_tokenizer, hf_spec, spec_model_type,
                                                split_added)
@@ -120,8 +120,7 @@ class WordPieceTokenizer:
       self._cleanup = bool(decoder.get("cleanup", True))
     else:
       self._decode_prefix, self._cleanup = self._prefix, False
-    self._cache: dict[str, tuple[int, ...]] = {}
-    self._lock = threading.Lock()
+    self._encode_word = WordCache(self._wordpiece)
 
   def _token_id(self, token: str) -> int:
     if token not in self._vocab:
@@ -181,15 +180,6 @@ class WordPieceTokenizer:
       ids.append(i)
       start = end
     return tuple(ids)
-
-  def _encode_word(self, word: str) -> tuple[int, ...]:
-    cached = self._cache.get(word)
-    if cached is None:
-      cached = self._wordpiece(word)
-      if len(self._cache) < 100_000:
-        with self._lock:
-          self._cache[word] = cached
-    return cached
 
   def encode(self, text: str) -> list[int]:
     ids: list[int] = []
