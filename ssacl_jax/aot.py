@@ -7,11 +7,14 @@ state and batch shardings, donation), for the devices of a target that need not 
       --topology v5e:16x16 --what both --json bench/results/aot_tpu_v5e_256.json
 
 and reports per-chip memory (`compiled.memory_analysis()`: arguments, outputs, temps,
-generated code, aliased donation), FLOPs (`compiled.cost_analysis()`) and the collectives
-in the compiled program (ssacl_jax/hlo_report.py). `--collectives` lists them by what they move (the parameter or
-jax op, pass, dtype, shape: ssacl_jax/collectives.py) with totals per chip and per step;
-`--roofline` predicts the train step's time per chip from its FLOPs, HBM bytes and
-collective bytes and the chip's published figures (ssacl_jax/roofline.py, hardware.py). Exit status 3, with the numbers, when a step would not fit in a
+generated code, aliased donation), FLOPs (`compiled.cost_analysis()`), the collectives and
+the device-memory bytes its kernels read and write (ssacl_jax/hbm_traffic.py), all read
+from the compiled program (ssacl_jax/hlo_report.py). `--collectives` lists the
+collectives by what they move (the parameter or jax op, pass, dtype, shape:
+ssacl_jax/collectives.py) with totals per chip and per step; `--roofline` predicts the
+train step's time per chip from its FLOPs, device-memory traffic and collective bytes and
+the chip's published figures (ssacl_jax/roofline.py, hardware.py), and lists where the
+traffic goes. Exit status 3, with the numbers, when a step would not fit in a
 chip's memory (TPU: XLA's RESOURCE_EXHAUSTED at compile time; CPU/CUDA, or any platform
 with --hbm_bytes: the compiled footprint against the limit). The generation step is the
 SS-ACL beam search of ssacl_jax.generate (prefix, prefill, decoder loop with the KV cache).
@@ -240,8 +243,11 @@ def compiler_options(target: Target) -> dict:
 
 
 def compile_report(lowered, num_devices: int, memory_limit: int | None,
-                   options: dict | None = None, groups: bool = False) -> dict:
-  """Compile; memory, FLOPs and collectives, or the out-of-memory figures."""
+                   options: dict | None = None, groups: bool = False,
+                   traffic_groups: bool = False) -> dict:
+  """Compile; memory, FLOPs, collectives and device-memory traffic, or the out-of-memory
+  figures. `groups`: list the collectives by what they move; `traffic_groups`: the top
+  sources of traffic."""
   start = time.time()
   try:
     compiled = lowered.compile(compiler_options=options or None)
@@ -253,10 +259,12 @@ def compile_report(lowered, num_devices: int, memory_limit: int | None,
             "message": message.strip()[:4000],
             "out_of_memory": hlo_report.parse_resource_exhausted(message),
             "compile_seconds": round(time.time() - start, 1)}
+  text = compiled.as_text() or ""
   report = {"fits": True, "compile_seconds": round(time.time() - start, 1),
             "memory": hlo_report.memory_figures(compiled),
             **hlo_report.cost_figures(compiled, num_devices),
-            **hlo_report.collective_figures(compiled.as_text() or "", num_devices, groups)}
+            **hlo_report.collective_figures(text, num_devices, groups),
+            **hlo_report.traffic_figures(text, traffic_groups)}
   total = report["memory"].get("total_bytes")
   if memory_limit and total is not None and total > memory_limit:
     report["fits"] = False
@@ -279,19 +287,28 @@ def roofline_report(config, step: dict, num_devices: int, chip: dict) -> dict:
   hand = hand_flops_per_step(config) / num_devices
   xla = step.get("flops_per_device") or 0.0
   step_flops = max(xla, hand)
-  hbm = step.get("bytes_accessed_per_device") or 0.0
+  hbm = step["hbm_traffic_bytes_per_device"]
+  xla_bytes = step.get("bytes_accessed_per_device")
   wire = step["wire_bytes_per_device"]
-  prediction = roofline.predict(
-      flops=step_flops, model_flops=hand, hbm_bytes=hbm, wire=wire,
-      peak_flops=chip["peak_flops"], hbm_bytes_per_s=chip["hbm_bytes_per_s"],
-      interconnect_bytes_per_s=chip.get("interconnect_bytes_per_s"))
+
+  def predict(hbm_bytes):
+    return roofline.predict(
+        flops=step_flops, model_flops=hand, hbm_bytes=hbm_bytes, wire=wire,
+        peak_flops=chip["peak_flops"], hbm_bytes_per_s=chip["hbm_bytes_per_s"],
+        interconnect_bytes_per_s=chip.get("interconnect_bytes_per_s"))
+
+  prediction = predict(hbm)
   steps = roofline.steps_to_train(PAPER_EPOCHS, PAPER_TRAIN_IMAGES,
                                   config.train.global_batch_size)
   return {**prediction, "chip": chip, "flops_per_device": step_flops, "xla_flops_per_device": xla,
           "hand_flops_per_device": hand, "hbm_bytes_per_device": hbm,
+          "memory_counted_by": "kernels (ssacl_jax.hbm_traffic)",
+          "xla_bytes_accessed_per_device": xla_bytes,
+          "with_xla_bytes_accessed": predict(xla_bytes) if xla_bytes else None,
           "wire_bytes_per_device": wire, "paper_epochs": PAPER_EPOCHS,
           "paper_train_images": PAPER_TRAIN_IMAGES, "paper_steps": steps,
-          "paper_hours": steps * prediction["step_s"] / 3600}
+          "paper_hours": steps * prediction["step_s"] / 3600,
+          "paper_hours_if_serial": steps * prediction["serial_s"] / 3600}
 
 
 # ----------------------------------------------------------------------------- report
@@ -323,7 +340,8 @@ def run_aot(config, target: Target, what: str = "train", memory_limit: int | Non
   report["opt_state_bytes_per_device"] = sharding.per_device_bytes(state["opt_state"])
   if what in ("train", "both"):
     report["steps"]["train"] = compile_report(lowered, len(devices), memory_limit,
-                                              compiler_options(target), groups)
+                                              compiler_options(target), groups,
+                                              traffic_groups=chip is not None)
     if chip and report["steps"]["train"]["fits"]:
       report["roofline"] = roofline_report(config, report["steps"]["train"], len(devices),
                                            chip)

@@ -22,24 +22,16 @@ import dataclasses
 import math
 import re
 
+from ssacl_jax import hlo_text
+
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute",
                "all-to-all")
-DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
-               "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
-               "c128": 16, "s4": 1, "u4": 1}
 # Ops a parameter passes through on its way to a collective (a cast, a layout change).
 _PASS_THROUGH = {"convert", "bitcast", "copy", "reshape", "transpose", "get-tuple-element",
                  "fusion", "copy-start", "copy-done", "bitcast-convert", "slice",
                  "dynamic-slice", "optimization-barrier", "tuple"}
 _TRACE_DEPTH = 8
 
-_HEADER = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$")
-_INSTRUCTION = re.compile(r"^\s+(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s([a-z][a-z0-9\-]*)\((.*)$")
-_ARRAY = re.compile(r"\b([a-z]+\d*(?:e\d+m\d+\w*)?)\[([\d,]*)\]")
-_CALLEES = re.compile(r"\b(?:calls|to_apply|body|condition|branch_computations)="
-                      r"(\{[^}]*\}|%[\w.\-]+)")
-_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
 _PARAM_PATH = re.compile(r"\[\\?'([^'\\]*)\\?'\]")
 _CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 
@@ -54,70 +46,6 @@ class Collective:
   source: str               # 'params/...' or the jax op path
   backward: bool            # under transpose(...): the backward pass
   runs: int | None          # executions per call (loop trip counts); None: unknown loop
-
-
-@dataclasses.dataclass(frozen=True)
-class _Instruction:
-  name: str
-  result: str
-  opcode: str
-  operands: tuple[str, ...]
-  rest: str
-
-
-def _arrays(text: str) -> list[tuple[str, tuple[int, ...], int]]:
-  """(dtype, shape, bytes) of each array type in an HLO type string."""
-  out = []
-  for dtype, dims in _ARRAY.findall(text):
-    width = DTYPE_BYTES.get(dtype, 1 if dtype.startswith("f8") else None)
-    if width is not None:
-      shape = tuple(int(d) for d in dims.split(",") if d)
-      out.append((dtype, shape, width * math.prod(shape)))
-  return out
-
-
-def _computations(hlo_text: str) -> tuple[dict[str, list[_Instruction]], str | None]:
-  """{computation name: its instructions} and the entry computation's name."""
-  # Instructions before any computation header (an HLO excerpt) form one computation, "".
-  comps: dict[str, list[_Instruction]] = {"": []}
-  entry, current = None, ""
-  for line in hlo_text.splitlines():
-    header = _HEADER.match(line)
-    if header:
-      current = header.group(1)
-      comps[current] = []
-      if line.startswith("ENTRY"):
-        entry = current
-      continue
-    found = _INSTRUCTION.match(line)
-    if found:
-      name, result, opcode, rest = found.groups()
-      operand_text = rest.split("), ", 1)[0]
-      operands = tuple(re.findall(r"%([\w.\-]+)", operand_text))
-      comps[current].append(_Instruction(name, result, opcode, operands, rest))
-  return comps, entry
-
-
-def _runs_per_call(comps: dict[str, list[_Instruction]], entry: str | None) -> dict:
-  """How many times each computation runs per call of the entry (None: in a loop of
-  unknown trip count); computations not reached from the entry are left out."""
-  runs: dict[str, int | None] = {}
-  stack = [(entry, 1)] if entry else [(name, 1) for name in comps]
-  while stack:
-    name, n = stack.pop()
-    if name in runs or name not in comps:
-      continue
-    runs[name] = n
-    for ins in comps[name]:
-      trips = _TRIP_COUNT.search(ins.rest)
-      for callee_text in _CALLEES.findall(ins.rest):
-        for callee in re.findall(r"%([\w.\-]+)", callee_text):
-          if ins.opcode == "while":
-            inner = None if n is None or not trips else n * int(trips.group(1))
-          else:
-            inner = n
-          stack.append((callee, inner))
-  return runs
 
 
 def replica_group_size(rest: str, num_devices: int) -> int:
@@ -143,9 +71,9 @@ def _parameter_path(op_name: str) -> str | None:
   return "/".join(keys) if keys else None
 
 
-def _callers(comps: dict[str, list[_Instruction]]) -> dict[str, list[tuple[str, _Instruction]]]:
+def _callers(comps: dict[str, list[hlo_text.Instruction]]) -> dict[str, list[tuple[str, hlo_text.Instruction]]]:
   """{computation: [(calling computation, fusion/call instruction)]}."""
-  out: dict[str, list[tuple[str, _Instruction]]] = {}
+  out: dict[str, list[tuple[str, hlo_text.Instruction]]] = {}
   for comp, instructions in comps.items():
     for ins in instructions:
       if ins.opcode in ("fusion", "call"):
@@ -154,7 +82,7 @@ def _callers(comps: dict[str, list[_Instruction]]) -> dict[str, list[tuple[str, 
   return out
 
 
-def _traced_parameter(comp: str, ins: _Instruction, tables: dict, callers: dict) -> str | None:
+def _traced_parameter(comp: str, ins: hlo_text.Instruction, tables: dict, callers: dict) -> str | None:
   """The one entry parameter the instruction's operand comes from, if there is exactly one:
   followed through pass-through ops and out of fusions into their callers."""
   found, frontier = set(), [(comp, name) for name in ins.operands[:1]]
@@ -165,7 +93,7 @@ def _traced_parameter(comp: str, ins: _Instruction, tables: dict, callers: dict)
       if src is None:
         continue
       if src.opcode == "parameter":
-        op_name = _OP_NAME.search(src.rest)
+        op_name = hlo_text.OP_NAME.search(src.rest)
         path = _parameter_path(op_name.group(1)) if op_name else None
         index = int(re.match(r"\d+", src.rest).group())
         if path:
@@ -179,34 +107,11 @@ def _traced_parameter(comp: str, ins: _Instruction, tables: dict, callers: dict)
   return found.pop() if len(found) == 1 else None
 
 
-def _clean_op_name(name: str) -> str:
-  """'jit(train_step)/transpose(jvp(SSACL))/image_encoder/x/dot_general' ->
-  'image_encoder/x/dot_general'."""
-  parts = [p for p in name.split("/") if not re.fullmatch(r"(jit|jvp|transpose)\(.*\)", p)]
-  return "/".join(parts) or name
-
-
-def _op_source(rest: str) -> tuple[str, bool]:
-  """The jax op path of an instruction's metadata and whether it is in the backward pass.
-
-  XLA's combiners name a combined op '(type:name:type:name...)': the first name is kept,
-  with the number of ops combined into it."""
-  found = _OP_NAME.search(rest)
-  name = found.group(1) if found else "?"
-  backward = "transpose(" in name
-  if name.startswith("(") and ":" in name:
-    names = [_clean_op_name(p) for p in name.strip("()").split(":") if "/" in p]
-    if len(names) > 1:
-      return f"{names[0]} (+{len(names) - 1} combined)", backward
-    name = names[0] if names else name
-  return _clean_op_name(name), backward
-
-
-def collective_ops(hlo_text: str, num_devices: int = 1, dedupe: bool = True) -> list[Collective]:
+def collective_ops(hlo: str, num_devices: int = 1, dedupe: bool = True) -> list[Collective]:
   """The collectives of a compiled HLO module (async pairs once, at their -start; with
   `dedupe`, clones sharing a channel id once)."""
-  comps, entry = _computations(hlo_text)
-  runs = _runs_per_call(comps, entry)
+  comps, entry = hlo_text.computations(hlo)
+  runs = hlo_text.runs_per_call(comps, entry)
   tables = {comp: {ins.name: ins for ins in instructions} for comp, instructions in comps.items()}
   callers = _callers(comps)
   out, seen = [], set()
@@ -217,7 +122,7 @@ def collective_ops(hlo_text: str, num_devices: int = 1, dedupe: bool = True) -> 
       op = ins.opcode.removesuffix("-start")
       if op not in COLLECTIVES or ins.opcode.endswith("-done"):
         continue
-      arrays = _arrays(ins.result)
+      arrays = [(a.dtype, a.shape, a.bytes) for a in hlo_text.arrays(ins.result)]
       if ins.opcode.endswith("-start") and op in ("all-gather", "collective-permute",
                                                   "all-to-all"):
         # (operands..., results..., sync flags): keep the results.
@@ -230,7 +135,7 @@ def collective_ops(hlo_text: str, num_devices: int = 1, dedupe: bool = True) -> 
         if (op, channel.group(1)) in seen:
           continue
         seen.add((op, channel.group(1)))
-      source, backward = _op_source(ins.rest)
+      source, backward = hlo_text.op_source(ins.rest)
       param = _traced_parameter(comp, ins, tables, callers) if op == "all-gather" else None
       biggest = max(arrays, key=lambda a: a[2])
       out.append(Collective(op, biggest[0], biggest[1], sum(a[2] for a in arrays),
@@ -239,14 +144,14 @@ def collective_ops(hlo_text: str, num_devices: int = 1, dedupe: bool = True) -> 
   return out
 
 
-def collective_stats(hlo_text: str) -> dict:
+def collective_stats(hlo: str) -> dict:
   """Collective ops in a compiled HLO module: {op: {'count', 'bytes'}} (+ 'total').
 
   Static counts (an op inside a loop counts once); bytes are each op's result per device
   (all-gather: the gathered array, reduce-scatter: the scattered piece); async pairs count
   once, at their -start, whose operand half of the result tuple is left out.
   """
-  return static_stats(collective_ops(hlo_text, dedupe=False))
+  return static_stats(collective_ops(hlo, dedupe=False))
 
 
 def static_stats(ops: list[Collective]) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from ssacl_jax import collectives, roofline
+from ssacl_jax import collectives, hbm_traffic, roofline
 
 GIB = 1024 ** 3
 
@@ -94,6 +94,18 @@ def collective_figures(hlo_text: str, num_devices: int, groups: bool = False) ->
   return out
 
 
+def traffic_figures(hlo_text: str, groups: bool = False, top: int = 25) -> dict:
+  """Device-memory bytes the program's kernels read and write per call per chip
+  (ssacl_jax.hbm_traffic; the roofline's memory input) and, with `groups`, the `top`
+  sources of that traffic."""
+  kernels = hbm_traffic.kernels(hlo_text)
+  out = {"hbm_traffic_bytes_per_device": hbm_traffic.total_bytes(kernels),
+         "kernels": len(kernels), "kernel_launches": hbm_traffic.launches(kernels)}
+  if groups:
+    out["hbm_traffic_groups"] = hbm_traffic.group_kernels(kernels)[:top]
+  return out
+
+
 
 # ----------------------------------------------------------------------------- summary
 def _gib(n) -> str:
@@ -126,6 +138,8 @@ def summary_lines(report: dict, top: int = 10) -> list[str]:
                              for op, v in coll.items() if v["count"] and op != "total"))
     if "collective_groups" in step:
       lines.extend(collective_lines(step, report["num_devices"], top))
+    if "hbm_traffic_groups" in step:
+      lines.extend(traffic_lines(step, top))
   if "roofline" in report:
     lines.extend(roofline_lines(report["roofline"]))
   lines.append("fits" if report["fits"] else "DOES NOT FIT")
@@ -157,13 +171,31 @@ def collective_lines(step: dict, num_devices: int, top: int) -> list[str]:
   return lines
 
 
+def traffic_lines(step: dict, top: int) -> list[str]:
+  """The `top` sources of the kernels' device-memory traffic."""
+  total = step["hbm_traffic_bytes_per_device"]
+  lines = [f"    device-memory traffic {total / 1e9:.2f} GB per chip in {step['kernels']} "
+           f"kernels ({step['kernel_launches']} launches per step); top sources:"]
+  for g in step["hbm_traffic_groups"][:top]:
+    lines.append(f"      {g['pass']:4s} {g['bytes'] / 1e9:8.3f} GB {g['bytes'] / total:6.1%} "
+                 f"{g['kernels']:6d} kernels  {g['source']}")
+  return lines
+
+
 def roofline_lines(r: dict) -> list[str]:
-  return [f"  roofline per chip ({r['chip']['source'].split(':')[0]}): compute "
-          f"{r['compute_s'] * 1e3:.2f} ms ({r['flops_per_device']:.3g} FLOPs), "
-          f"memory {r['memory_s'] * 1e3:.2f} ms ({r['hbm_bytes_per_device'] / 1e9:.2f} GB), "
-          f"interconnect {r['interconnect_s'] * 1e3:.2f} ms "
-          f"({r['wire_bytes_per_device'] / 1e9:.3f} GB on the wire)",
-          f"    predicted step {r['step_s'] * 1e3:.2f} ms (serial {r['serial_s'] * 1e3:.2f} ms), "
-          f"bound by {r['binding']}; MFU upper bound {r['mfu_upper_bound']:.1%}; "
-          f"paper recipe ({r['paper_epochs']} epochs, {r['paper_steps']} steps) "
-          f"{r['paper_hours']:.2f} h"]
+  lines = [f"  roofline per chip ({r['chip']['source'].split(':')[0]}): compute "
+           f"{r['compute_s'] * 1e3:.2f} ms ({r['flops_per_device']:.3g} FLOPs), "
+           f"memory {r['memory_s'] * 1e3:.2f} ms ({r['hbm_bytes_per_device'] / 1e9:.2f} GB "
+           f"read+written by kernels), interconnect {r['interconnect_s'] * 1e3:.2f} ms "
+           f"({r['wire_bytes_per_device'] / 1e9:.3f} GB on the wire)",
+           f"    predicted step {r['step_s'] * 1e3:.2f} ms, bound by {r['binding']}: MFU <= "
+           f"{r['mfu_upper_bound']:.1%}; serial {r['serial_s'] * 1e3:.2f} ms: MFU "
+           f"{r['mfu_if_serial']:.1%}; paper recipe ({r['paper_epochs']} epochs, "
+           f"{r['paper_steps']} steps) {r['paper_hours']:.2f} h "
+           f"({r['paper_hours_if_serial']:.2f} h serial)"]
+  xla = r.get("with_xla_bytes_accessed")
+  if xla:
+    lines.append(f"    with XLA's bytes accessed ({r['xla_bytes_accessed_per_device'] / 1e9:.2f} "
+                 f"GB) as the memory term instead: step {xla['step_s'] * 1e3:.2f} ms, MFU <= "
+                 f"{xla['mfu_upper_bound']:.1%}")
+  return lines

@@ -3,7 +3,8 @@
 Per chip (ssacl_jax.aot measures the inputs from the compiled program):
 
   compute      = FLOPs / peak bf16 FLOP/s
-  memory       = HBM bytes accessed (XLA's cost analysis) / HBM bandwidth
+  memory       = HBM bytes read and written by the program's kernels (ssacl_jax.hbm_traffic)
+                 / HBM bandwidth
   interconnect = collective bytes on the wire / (bidirectional interconnect bandwidth / 2)
 
 FLOPs are the larger of XLA's count and the hand count of the model's matmuls
@@ -16,9 +17,18 @@ collective-permute B; a chip receives at most half its bidirectional figure per 
 cost more than predicted.
 
 The predicted step time is the maximum of the three (each overlapped with the others: a
-lower bound); `serial_s`, their sum, bounds it from above. The MFU upper bound is the model
-FLOPs (hand count) per chip over the peak and the predicted step time; `binding` names the
-largest term.
+lower bound); `serial_s`, their sum, is the step with no overlap at all. MFU is the model
+FLOPs (hand count) per chip over the peak and a step time: `mfu_upper_bound` at the
+predicted step, `mfu_if_serial` at the serial one; `binding` names the largest term.
+Neither counts what the three terms leave out: hop latency, kernel launch and pipeline
+gaps, vector-unit work that is not a matmul FLOP (random bits for dropout, softmax), and
+matmuls too small to fill the MXU.
+
+The memory term used to be XLA's own "bytes accessed" (cost analysis). On XLA:TPU that
+figure counts the operands of every instruction inside a fusion, VMEM-resident buffers
+and cloned collectives included: for the paper step on v5p-32 it is 2.4x the kernels'
+traffic (bench/RESULTS.md, "What XLA's bytes accessed counts"). `ssacl_jax.aot` still
+reports it, and the prediction it would give, beside this one.
 """
 from __future__ import annotations
 
@@ -61,10 +71,11 @@ def predict(*, flops: float, model_flops: float, hbm_bytes: float, wire: float,
            "memory": hbm_bytes / hbm_bytes_per_s if hbm_bytes else 0.0,
            "interconnect": (wire / (interconnect_bytes_per_s / 2)
                             if wire and interconnect_bytes_per_s else 0.0)}
-  step = max(times.values())
+  step, serial = max(times.values()), sum(times.values())
   return {**{f"{k}_s": v for k, v in times.items()}, "step_s": step,
-          "serial_s": sum(times.values()), "binding": max(times, key=times.get),
-          "mfu_upper_bound": model_flops / peak_flops / step if step else None}
+          "serial_s": serial, "binding": max(times, key=times.get),
+          "mfu_upper_bound": model_flops / peak_flops / step if step else None,
+          "mfu_if_serial": model_flops / peak_flops / serial if serial else None}
 
 
 def chip_figures(kind: str, *, peak_flops: float = 0.0, hbm_bytes_per_s: float = 0.0,

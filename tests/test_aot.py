@@ -238,7 +238,13 @@ def test_aot_cpu_devices_train_and_generate(tmp_path):
   assert "top 10 of" in stdout and "params/report_decoder/wte/embedding" in stdout
   r = report["roofline"]
   assert r["compute_s"] == pytest.approx(r["flops_per_device"] / 1e11)
-  assert r["memory_s"] == pytest.approx(train_step["bytes_accessed_per_device"] / 2e10)
+  assert r["memory_s"] == pytest.approx(train_step["hbm_traffic_bytes_per_device"] / 2e10)
+  assert r["with_xla_bytes_accessed"]["memory_s"] == pytest.approx(
+      train_step["bytes_accessed_per_device"] / 2e10)
+  # The traffic's top sources are listed and lie within its total.
+  groups = train_step["hbm_traffic_groups"]
+  assert 0 < sum(g["bytes"] for g in groups) <= train_step["hbm_traffic_bytes_per_device"]
+  assert "device-memory traffic" in stdout and "with XLA's bytes accessed" in stdout
   assert r["interconnect_s"] == pytest.approx(train_step["wire_bytes_per_device"] / 5e8)
   assert r["step_s"] == max(r["compute_s"], r["memory_s"], r["interconnect_s"]) > 0
   assert r["paper_steps"] == 51 * 270_000 // 8 and "predicted step" in stdout   # batch 8

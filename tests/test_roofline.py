@@ -114,6 +114,7 @@ def test_roofline_prediction_on_hand_numbers():
   assert got["interconnect_s"] == 3 and got["step_s"] == 3
   assert got["binding"] == "interconnect" and got["serial_s"] == pytest.approx(5.4)
   assert got["mfu_upper_bound"] == pytest.approx(1e12 / 1e12 / 3)
+  assert got["mfu_if_serial"] == pytest.approx(1e12 / 1e12 / 5.4)
   no_wire = roofline.predict(flops=2e12, model_flops=1e12, hbm_bytes=0, wire=0,
                              peak_flops=1e12, hbm_bytes_per_s=1e10,
                              interconnect_bytes_per_s=None)
