@@ -244,10 +244,11 @@ def compiler_options(target: Target) -> dict:
 
 def compile_report(lowered, num_devices: int, memory_limit: int | None,
                    options: dict | None = None, groups: bool = False,
-                   traffic_groups: bool = False) -> dict:
+                   traffic_groups: bool = False, hlo_path: pathlib.Path | None = None) -> dict:
   """Compile; memory, FLOPs, collectives and device-memory traffic, or the out-of-memory
   figures. `groups`: list the collectives by what they move; `traffic_groups`: the top
-  sources of traffic."""
+  sources of traffic; `hlo_path`: also write the compiled program's HLO text there (the
+  text every figure here is read from)."""
   start = time.time()
   try:
     compiled = lowered.compile(compiler_options=options or None)
@@ -260,6 +261,9 @@ def compile_report(lowered, num_devices: int, memory_limit: int | None,
             "out_of_memory": hlo_report.parse_resource_exhausted(message),
             "compile_seconds": round(time.time() - start, 1)}
   text = compiled.as_text() or ""
+  if hlo_path is not None:
+    hlo_path.parent.mkdir(parents=True, exist_ok=True)
+    hlo_path.write_text(text)
   report = {"fits": True, "compile_seconds": round(time.time() - start, 1),
             "memory": hlo_report.memory_figures(compiled),
             **hlo_report.cost_figures(compiled, num_devices),
@@ -312,9 +316,13 @@ def roofline_report(config, step: dict, num_devices: int, chip: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
+def _hlo_path(hlo_dir: str | None, step: str) -> pathlib.Path | None:
+  return pathlib.Path(hlo_dir) / f"{step}.hlo.txt" if hlo_dir else None
+
+
 def run_aot(config, target: Target, what: str = "train", memory_limit: int | None = None,
             gen_batch: int = 0, devices=None, groups: bool = False,
-            chip: dict | None = None) -> dict:
+            chip: dict | None = None, hlo_dir: str | None = None) -> dict:
   """Lower and compile the chosen steps for the target; the report as a dict. `groups`:
   list the collectives by what they move; `chip` (roofline.chip_figures): add the roofline
   prediction of the train step."""
@@ -339,9 +347,9 @@ def run_aot(config, target: Target, what: str = "train", memory_limit: int | Non
   report["param_bytes_per_device"] = sharding.per_device_bytes(state["params"])
   report["opt_state_bytes_per_device"] = sharding.per_device_bytes(state["opt_state"])
   if what in ("train", "both"):
-    report["steps"]["train"] = compile_report(lowered, len(devices), memory_limit,
-                                              compiler_options(target), groups,
-                                              traffic_groups=chip is not None)
+    report["steps"]["train"] = compile_report(
+        lowered, len(devices), memory_limit, compiler_options(target), groups,
+        traffic_groups=chip is not None, hlo_path=_hlo_path(hlo_dir, "train"))
     if chip and report["steps"]["train"]["fits"]:
       report["roofline"] = roofline_report(config, report["steps"]["train"], len(devices),
                                            chip)
@@ -349,7 +357,8 @@ def run_aot(config, target: Target, what: str = "train", memory_limit: int | Non
   if what in ("generate", "both"):
     size = generation_batch_size(config, mesh, gen_batch)
     gen = compile_report(lower_generate(config, mesh, state["params"], size), len(devices),
-                         memory_limit, compiler_options(target), groups)
+                         memory_limit, compiler_options(target), groups,
+                         hlo_path=_hlo_path(hlo_dir, "generate"))
     report["steps"]["generate"] = dict(gen, batch=size,
                                        decode=dataclasses.asdict(decode_settings(config)))
   report["fits"] = all(s["fits"] for s in report["steps"].values())
@@ -367,6 +376,9 @@ def define_flags() -> None:
                     "Target platform (default: from --topology).")
   flags.DEFINE_enum("what", "train", ["train", "generate", "both"], "Steps to compile.")
   flags.DEFINE_string("json", None, "Also write the report here.")
+  flags.DEFINE_string("hlo_dir", None, "Also write each compiled step's HLO text here "
+                      "(train.hlo.txt, generate.hlo.txt): what the report's collectives "
+                      "and traffic are read from.")
   flags.DEFINE_integer("hbm_bytes", 0, "Memory per device to check against (0: the "
                        "target's own; CPU: none).")
   flags.DEFINE_integer("gen_batch", 0, "Generation batch (0: config.eval.batch_size rounded "
@@ -418,7 +430,7 @@ def main(argv):
     except ValueError as e:
       raise app.UsageError(str(e), exitcode=2)
   report = run_aot(config, target, f.what, f.hbm_bytes or None, f.gen_batch, devices,
-                   groups=f.collectives, chip=chip)
+                   groups=f.collectives, chip=chip, hlo_dir=f.hlo_dir or None)
   report["config"] = _config_arg()
   for line in hlo_report.summary_lines(report, f.top):
     print(line)

@@ -1,11 +1,12 @@
 """Device-memory (HBM) traffic of a compiled XLA program, counted from its HLO text.
 
-XLA's own "bytes accessed" (`compiled.cost_analysis()`) is what the roofline used first.
-On XLA:TPU it counts inside fusions, so a collective that async collective fusion cloned
-into several fusion computations is counted once per clone, and VMEM-resident operands
-count as HBM traffic; XLA:GPU gives no figure at all without a GPU. This module counts
-what a fusing compiler actually moves between kernels, one top-level instruction (a
-kernel) at a time:
+XLA's own "bytes accessed" (`compiled.cost_analysis()`) was the roofline's first memory
+term. On XLA:TPU it also counts what stays on chip: values passed between the ops inside
+one fused kernel and buffers that memory-space assignment keeps in VMEM. On small programs
+whose minimum traffic is known it gives 4x that minimum for a row softmax and 7.8x for an
+MLP's weight gradients (bench/traffic_probe.py, bench/RESULTS.md); XLA:GPU gives no figure
+at all without a GPU. This module counts what the compiled program moves between kernels
+and device memory, one top-level instruction (a kernel) at a time:
 
 - the instructions counted are those of the entry computation and of the computations it
   runs through control flow (loop bodies and conditions times their known trip counts,
@@ -13,7 +14,8 @@ kernel) at a time:
   walked;
 - a kernel reads its operands and writes its result: the bytes of every array of those
   types that lives in device memory (memory space 0; on TPU, S(1) is on-chip VMEM);
-- a fusion operand used only through slices inside the fusion reads only the slices;
+- a fusion (or an async computation, such as an async slice into VMEM) that uses an
+  operand only through slices reads only the slices;
 - a slice reads what it keeps; a dynamic-update-slice, or a fusion whose root is one,
   updates its buffer in place: it reads and writes only the update, not the whole buffer
   (a KV cache, a scanned stack);
@@ -21,10 +23,10 @@ kernel) at a time:
   elements, bitcasts, control flow, async -done halves;
 - a prefetch or eviction (copy-start) moves its array once, on the HBM side.
 
-What it does not model: re-reads of an operand too large for on-chip memory inside one
-kernel (tiled matmuls stream their operands more than once), and caches. So it is a
-lower bound on traffic for big matmuls and exact for elementwise kernels; the roofline
-reports it beside XLA's figure rather than instead of it.
+What it does not model: re-reads of an operand inside one kernel (a tiled matmul may
+stream an operand more than once) and caches. So it is a lower bound for big matmuls and
+exact for elementwise kernels. `ssacl_jax.aot --roofline` uses it as the memory term and
+reports XLA's figure, and the step that figure would give, beside it.
 """
 from __future__ import annotations
 
@@ -100,7 +102,7 @@ def kernels(hlo: str) -> list[Kernel]:
       continue
     types = {ins.name: ins.result for ins in instructions}
     for ins in instructions:
-      if ins.opcode in FREE:
+      if ins.opcode in FREE or ins.opcode.endswith("-done"):
         continue
       read = [_hbm_bytes(types.get(o, "")) for o in ins.operands]
       written = _hbm_bytes(ins.result)
@@ -117,12 +119,17 @@ def kernels(hlo: str) -> list[Kernel]:
         read = [written]
       elif ins.opcode.endswith("-start") and ins.result.startswith("("):
         # (operands, results, context): the operands are read, the results written. An
-        # async computation (an async slice into VMEM) reads what its body reads.
+        # async slice into VMEM ('slice-start', or 'async-start' calling a slice) reads
+        # only what it keeps.
         results = hlo_text.arrays(ins.result)[sum(len(hlo_text.arrays(types.get(o, "")))
                                                   for o in ins.operands):]
+        results = [a for a in results if a.memory_space <= 1]   # not the sync context
         written = sum(a.bytes for a in results if a.memory_space == 0)
-        sliced, _ = _fusion_access(_body(comps, ins))
-        read = [min(r, sliced.get(i, r)) for i, r in enumerate(read)]
+        if ins.opcode.removesuffix("-start") in _SLICES:
+          read = [min(sum(read), sum(a.bytes for a in results))]
+        else:
+          sliced, _ = _fusion_access(_body(comps, ins))
+          read = [min(r, sliced.get(i, r)) for i, r in enumerate(read)]
       elif ins.opcode == "fusion":
         sliced, update = _fusion_access(_body(comps, ins))
         read = [min(r, sliced.get(i, r)) for i, r in enumerate(read)]

@@ -81,9 +81,28 @@ def batch_spec(config) -> P:
 
 
 def logical_shardings(boxed_tree, mesh: Mesh, config):
-  """Shardings for a tree of flax LogicallyPartitioned boxes (from eval_shape of init)."""
+  """Shardings for a tree of flax LogicallyPartitioned boxes (from eval_shape of init).
+
+  A dimension the rules would split over mesh axes whose size does not divide it (GPT-2's
+  50257-token vocabulary over tensor=2) stays whole on those axes: jit's arguments must
+  split evenly, and one replicated dimension costs less than padding the vocabulary.
+  """
   specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules(config))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules(config))
+  return jax.tree.map(lambda s, x: evenly_divided(s, x.shape), shardings,
+                      nn.unbox(boxed_tree))
+
+
+def evenly_divided(sharding: NamedSharding, shape) -> NamedSharding:
+  """`sharding` without the mesh axes of any dimension they do not divide evenly."""
+  def fits(entry, size):
+    axes = entry if isinstance(entry, tuple) else (entry,)
+    parts = int(np.prod([sharding.mesh.shape[a] for a in axes if a is not None]))
+    return entry if size % parts == 0 else None
+
+  spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+  fixed = P(*(fits(e, n) for e, n in zip(spec, shape)))
+  return sharding if fixed == P(*spec) else NamedSharding(sharding.mesh, fixed)
 
 
 def _path_key(path) -> tuple:

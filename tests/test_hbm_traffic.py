@@ -65,6 +65,8 @@ ENTRY %main (x: f32[64,128], w: f32[64,128], i: s32[], init: (s32[], bf16[16,102
   %agd = f32[32,128]{1,0} all-gather-done(%ags)
   %ss = ((f32[64,128]{1,0}), f32[8,128]{1,0:S(1)}, s32[]{:S(2)}) async-start(%x), calls=%async_slice
   %sd = f32[8,128]{1,0:S(1)} async-done(%ss)
+  %ss2 = ((f32[64,128]{1,0}), f32[8,128]{1,0:S(1)}, s32[]{:S(2)}) slice-start(%x), slice={[8:16], [0:128]}
+  %sd2 = f32[8,128]{1,0:S(1)} slice-done(%ss2)
   %loop = (s32[], bf16[16,1024]{1,0}, bf16[1,1024]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"5"}}
   ROOT %bc = f32[64,128]{1,0} bitcast(%scaled)
 }
@@ -76,7 +78,7 @@ ROWS = 8 * 128 * 4
 def test_kernels_count_each_kernels_device_memory_reads_and_writes():
   kernels = {k.name: k for k in hbm_traffic.kernels(HLO)}
   # Free instructions are no kernels: parameters, copy-done, bitcast, the loop itself.
-  assert set(kernels) == {"cs", "scaled", "rows", "ags", "ss", "new"}
+  assert set(kernels) == {"cs", "scaled", "rows", "ags", "ss", "ss2", "new"}
   # The prefetch reads w from HBM once; the fusion then reads it from VMEM (S(1)).
   assert (kernels["cs"].read_bytes, kernels["cs"].written_bytes) == (MATRIX, 0)
   assert (kernels["scaled"].read_bytes, kernels["scaled"].written_bytes) == (MATRIX, MATRIX)
@@ -88,14 +90,16 @@ def test_kernels_count_each_kernels_device_memory_reads_and_writes():
   assert (kernels["ags"].read_bytes, kernels["ags"].written_bytes) == (ROWS, 4 * ROWS)
   # An async slice into VMEM reads its 8 rows from HBM and writes nothing there.
   assert (kernels["ss"].read_bytes, kernels["ss"].written_bytes) == (ROWS, 0)
+  # The same, as compiled.as_text() prints it (slice-start / slice-done).
+  assert (kernels["ss2"].read_bytes, kernels["ss2"].written_bytes) == (ROWS, 0)
   # The in-place update reads the row (and its index) and writes it, not the buffer, five
   # times (the loop's known trip count).
   row = 1024 * 2
   assert (kernels["new"].read_bytes, kernels["new"].written_bytes, kernels["new"].runs) == (
       row + 4, row, 5)
-  assert hbm_traffic.launches(list(kernels.values())) == 5 + 5
+  assert hbm_traffic.launches(list(kernels.values())) == 6 + 5   # six once, one 5 times
   assert hbm_traffic.total_bytes(list(kernels.values())) == (
-      MATRIX + 2 * MATRIX + 2 * ROWS + 4 + 5 * ROWS + ROWS + 5 * (2 * row + 4))
+      MATRIX + 2 * MATRIX + 2 * ROWS + 4 + 5 * ROWS + 2 * ROWS + 5 * (2 * row + 4))
 
 
 def test_group_kernels_sums_by_source_and_pass():

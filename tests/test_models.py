@@ -218,6 +218,50 @@ def test_jitted_forward_backward_on_8_device_mesh_with_fsdp_params(tiny, scan_la
                              ref_grads["report_decoder"]["wte"]["embedding"], atol=1e-5)
 
 
+def test_a_dimension_the_mesh_does_not_divide_stays_whole_and_the_losses_match():
+  """GPT-2's 50257-token vocabulary cannot split over tensor=2; here a 514-token report
+  vocabulary over tensor 4 (mesh 1 x 2 x 4): the embedding keeps its vocabulary axis whole,
+  the rest of the rules still apply, and the sharded step's losses equal the unsharded."""
+  config = tiny_config()
+  config.model.report.vocab_size = 514
+  config.mesh.shape = (1, 2, 4)
+  model = ssacl.build_model(config.model)
+  batch, tokens = random_batch(config, 8, seed=3)
+  mesh = sharding.make_mesh(config)
+  boxed = jax.eval_shape(lambda r: model.init({"params": r, "mask": r}, batch, *tokens),
+                         jax.random.key(0))["params"]
+  shardings = sharding.logical_shardings(boxed, mesh, config)
+  assert shardings["report_decoder"]["wte"]["embedding"].spec == P(None, "fsdp")
+  assert shardings["text_encoder"]["word_embed"]["embedding"].spec == P("tensor", "fsdp")
+  params = nn.meta.unbox(model.init({"params": jax.random.key(0), "mask": jax.random.key(1)},
+                                    batch, *tokens))["params"]
+  batch_sharding = NamedSharding(mesh, sharding.batch_spec(config))
+
+  def loss(fn):
+    return lambda p, b: fn(p, b, tokens, jax.random.key(7))[1]
+
+  with jax.set_mesh(mesh):
+    sharded = jax.jit(loss(steps.make_loss_fn(config, model, shardings)),
+                      in_shardings=(shardings, batch_sharding))(
+        jax.device_put(params, shardings), jax.device_put(batch, batch_sharding))
+  reference = jax.jit(loss(steps.make_loss_fn(config, model)))(params, batch)
+  for name in ssacl.LOSS_NAMES:
+    np.testing.assert_allclose(sharded[f"loss_{name}"], reference[f"loss_{name}"],
+                               rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_evenly_divided_drops_only_the_axes_that_do_not_divide():
+  mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  s = NamedSharding(mesh, P("tensor", "fsdp"))
+  assert sharding.evenly_divided(s, (8, 4)) is s
+  assert sharding.evenly_divided(s, (6, 4)).spec == P(None, "fsdp")
+  assert sharding.evenly_divided(s, (6, 3)).spec == P(None, None)
+  both = NamedSharding(mesh, P(("fsdp", "tensor")))
+  assert sharding.evenly_divided(both, (16, 3)) is both
+  assert sharding.evenly_divided(both, (12, 3)).spec == P(None, None)   # 12 % 8
+
+
 def test_paper_config_parameter_counts_match_the_release():
   counts = param_count.count_by_component(ssacl_vitb16.get_config())
   pos_table = 197 * 768  # the release stores its fixed position tables as parameters
