@@ -31,6 +31,7 @@ reports XLA's figure, and the step that figure would give, beside it.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from ssacl_jax import hlo_text
 
@@ -41,6 +42,7 @@ FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while
         "send-done", "recv-done", "opt-barrier", "optimization-barrier", "add-dependency",
         "domain"}
 _SLICES = {"slice", "dynamic-slice"}
+_CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 # Calls that run their callee as separate kernels (its instructions are counted there).
 _CONTROL_FLOW = {"while", "conditional", "call"}
 
@@ -60,35 +62,82 @@ def _hbm_bytes(type_text: str) -> int:
   return sum(a.bytes for a in hlo_text.arrays(type_text) if a.memory_space == 0)
 
 
-def _fusion_access(body: list[hlo_text.Instruction]) -> tuple[dict[int, int], int | None]:
-  """For a fusion body: {parameter index: bytes read} for parameters used only through
-  slices, and the update's bytes if the root updates parameter 0's buffer in place."""
+@dataclasses.dataclass(frozen=True)
+class _Access:
+  sliced: dict            # parameter index -> bytes read, for parameters only sliced
+  update: int | None      # bytes of an in-place dynamic-update-slice root, else None
+  passed_through: set     # parameter indices the root only returns (aliased, unread)
+  outputs: tuple          # per root tuple element: 'param', ('channel', id) or None
+
+
+_COLLECTIVE_OPS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all",
+                   "collective-permute")
+
+
+def _fusion_access(body: list[hlo_text.Instruction]) -> _Access:
+  """How a fusion body touches its parameters and what its root returns.
+
+  XLA:TPU's async collective fusion threads one collective through many fusions: each
+  returns the collective's buffers as tuple elements, either a parameter passed through
+  (no traffic) or a clone of the collective (one channel id: its result is written once,
+  wherever it first appears)."""
   by_name = {ins.name: ins for ins in body}
   users: dict[str, list[hlo_text.Instruction]] = {}
   for ins in body:
     for operand in ins.operands:
       users.setdefault(operand, []).append(ins)
-  sliced: dict[int, int] = {}
+  root = body[-1] if body else None
+  sliced, passed = {}, set()
   for ins in body:
     if ins.opcode != "parameter":
       continue
+    index = int(ins.rest.split(")", 1)[0])
     uses = users.get(ins.name, [])
     if uses and all(u.opcode in _SLICES and u.operands[0] == ins.name for u in uses):
-      index = int(ins.rest.split(")", 1)[0])
       sliced[index] = sum(a.bytes for u in uses for a in hlo_text.arrays(u.result))
-  root = body[-1] if body else None
-  update = None
+    elif uses and all(u is root and root.opcode == "tuple" for u in uses):
+      passed.add(index)
+  update, outputs = None, ()
   if root is not None and root.opcode == "dynamic-update-slice":
     buffer = by_name.get(root.operands[0])
     if buffer is not None and buffer.opcode == "parameter":
       update_ins = by_name.get(root.operands[1])
       if update_ins is not None:
         update = sum(a.bytes for a in hlo_text.arrays(update_ins.result))
-  return sliced, update
+  elif root is not None and root.opcode == "tuple":
+    def output(name):
+      ins = by_name.get(name)
+      if ins is None:
+        return None
+      if ins.opcode == "parameter":
+        return "param"
+      channel = _CHANNEL.search(ins.rest)
+      if ins.opcode.removesuffix("-start") in _COLLECTIVE_OPS and channel:
+        return ("channel", ins.opcode.removesuffix("-start"), channel.group(1))
+      return None
+    outputs = tuple(output(name) for name in root.operands)
+  return _Access(sliced, update, passed, outputs)
 
 
 def _body(comps: dict, ins: hlo_text.Instruction) -> list[hlo_text.Instruction]:
   return next((comps[c] for c in hlo_text.callees(ins) if c in comps), [])
+
+
+def _tuple_written(arrays: list, outputs: tuple, seen: set, default: int) -> int:
+  """Bytes a fusion with a tuple root writes to device memory: not its passed-through
+  parameters, and a cloned collective's result only the first time its channel appears."""
+  if len(arrays) != len(outputs):   # nested tuples: count every array
+    return default
+  written = 0
+  for array, source in zip(arrays, outputs):
+    if array.memory_space != 0 or source == "param":
+      continue
+    if source is not None:
+      if source in seen:
+        continue
+      seen.add(source)
+    written += array.bytes
+  return written
 
 
 def kernels(hlo: str) -> list[Kernel]:
@@ -96,7 +145,7 @@ def kernels(hlo: str) -> list[Kernel]:
   writes per execution (module docstring)."""
   comps, entry = hlo_text.computations(hlo)
   runs = hlo_text.runs_per_call(comps, entry, follow=lambda i: i.opcode in _CONTROL_FLOW)
-  out = []
+  out, seen = [], set()   # seen: collectives (by channel) whose result is counted
   for comp, instructions in comps.items():
     if comp not in runs:
       continue
@@ -128,13 +177,16 @@ def kernels(hlo: str) -> list[Kernel]:
         if ins.opcode.removesuffix("-start") in _SLICES:
           read = [min(sum(read), sum(a.bytes for a in results))]
         else:
-          sliced, _ = _fusion_access(_body(comps, ins))
+          sliced = _fusion_access(_body(comps, ins)).sliced
           read = [min(r, sliced.get(i, r)) for i, r in enumerate(read)]
       elif ins.opcode == "fusion":
-        sliced, update = _fusion_access(_body(comps, ins))
-        read = [min(r, sliced.get(i, r)) for i, r in enumerate(read)]
-        if update is not None and read:   # the update is an operand: read once, there
-          read[0], written = 0, min(written, update)
+        access = _fusion_access(_body(comps, ins))
+        read = [0 if i in access.passed_through else min(r, access.sliced.get(i, r))
+                for i, r in enumerate(read)]
+        if access.update is not None and read:   # the update is an operand: read there
+          read[0], written = 0, min(written, access.update)
+        elif access.outputs:
+          written = _tuple_written(hlo_text.arrays(ins.result), access.outputs, seen, written)
       source, backward = hlo_text.op_source(ins.rest)
       out.append(Kernel(ins.name, ins.opcode, source, backward, sum(read), written,
                         runs[comp]))

@@ -39,6 +39,15 @@ HloModule jit_step, entry_computation_layout={()->()}
   ROOT %sl = f32[8,128]{1,0:S(1)} slice(%a0), slice={[0:8], [0:128]}
 }
 
+%carry (c0: f32[8,128], c1: f32[32,128], c2: f32[64,128]) -> (f32[32,128], f32[32,128], f32[64,128]) {
+  %c0 = f32[8,128]{1,0:S(1)} parameter(0)
+  %c1 = f32[32,128]{1,0} parameter(1)
+  %c2 = f32[64,128]{1,0} parameter(2)
+  %agc = f32[32,128]{1,0} all-gather(%c0), channel_id=9, replica_groups=[2,4]<=[8], dimensions={0}
+  %neg = f32[64,128]{1,0} negate(%c2)
+  ROOT %tc = (f32[32,128]{1,0}, f32[32,128]{1,0}, f32[64,128]{1,0}) tuple(%agc, %c1, %neg)
+}
+
 %body (t: (s32[], bf16[16,1024], bf16[1,1024])) -> (s32[], bf16[16,1024], bf16[1,1024]) {
   %t = (s32[], bf16[16,1024]{1,0}, bf16[1,1024]{1,0}) parameter(0)
   %k = s32[] get-tuple-element(%t), index=0
@@ -67,6 +76,10 @@ ENTRY %main (x: f32[64,128], w: f32[64,128], i: s32[], init: (s32[], bf16[16,102
   %sd = f32[8,128]{1,0:S(1)} async-done(%ss)
   %ss2 = ((f32[64,128]{1,0}), f32[8,128]{1,0:S(1)}, s32[]{:S(2)}) slice-start(%x), slice={[8:16], [0:128]}
   %sd2 = f32[8,128]{1,0:S(1)} slice-done(%ss2)
+  %shard = f32[8,128]{1,0:S(1)} parameter(4)
+  %prev = f32[32,128]{1,0} parameter(5)
+  %k1 = (f32[32,128]{1,0}, f32[32,128]{1,0}, f32[64,128]{1,0}) fusion(%shard, %prev, %x), kind=kCustom, calls=%carry
+  %k2 = (f32[32,128]{1,0}, f32[32,128]{1,0}, f32[64,128]{1,0}) fusion(%shard, %prev, %x), kind=kCustom, calls=%carry
   %loop = (s32[], bf16[16,1024]{1,0}, bf16[1,1024]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"5"}}
   ROOT %bc = f32[64,128]{1,0} bitcast(%scaled)
 }
@@ -78,7 +91,7 @@ ROWS = 8 * 128 * 4
 def test_kernels_count_each_kernels_device_memory_reads_and_writes():
   kernels = {k.name: k for k in hbm_traffic.kernels(HLO)}
   # Free instructions are no kernels: parameters, copy-done, bitcast, the loop itself.
-  assert set(kernels) == {"cs", "scaled", "rows", "ags", "ss", "ss2", "new"}
+  assert set(kernels) == {"cs", "scaled", "rows", "ags", "ss", "ss2", "k1", "k2", "new"}
   # The prefetch reads w from HBM once; the fusion then reads it from VMEM (S(1)).
   assert (kernels["cs"].read_bytes, kernels["cs"].written_bytes) == (MATRIX, 0)
   assert (kernels["scaled"].read_bytes, kernels["scaled"].written_bytes) == (MATRIX, MATRIX)
@@ -92,14 +105,20 @@ def test_kernels_count_each_kernels_device_memory_reads_and_writes():
   assert (kernels["ss"].read_bytes, kernels["ss"].written_bytes) == (ROWS, 0)
   # The same, as compiled.as_text() prints it (slice-start / slice-done).
   assert (kernels["ss2"].read_bytes, kernels["ss2"].written_bytes) == (ROWS, 0)
+  # Async collective fusion threads one all-gather (channel 9) through two fusions: its
+  # result is written once, the passed-through parameter neither read nor written; each
+  # reads x and writes its negation.
+  assert (kernels["k1"].read_bytes, kernels["k1"].written_bytes) == (MATRIX, 4 * ROWS + MATRIX)
+  assert (kernels["k2"].read_bytes, kernels["k2"].written_bytes) == (MATRIX, MATRIX)
   # The in-place update reads the row (and its index) and writes it, not the buffer, five
   # times (the loop's known trip count).
   row = 1024 * 2
   assert (kernels["new"].read_bytes, kernels["new"].written_bytes, kernels["new"].runs) == (
       row + 4, row, 5)
-  assert hbm_traffic.launches(list(kernels.values())) == 6 + 5   # six once, one 5 times
+  assert hbm_traffic.launches(list(kernels.values())) == 8 + 5   # eight once, one 5 times
   assert hbm_traffic.total_bytes(list(kernels.values())) == (
-      MATRIX + 2 * MATRIX + 2 * ROWS + 4 + 5 * ROWS + 2 * ROWS + 5 * (2 * row + 4))
+      MATRIX + 2 * MATRIX + 2 * ROWS + 4 + 5 * ROWS + 2 * ROWS + 5 * (2 * row + 4)
+      + 4 * MATRIX + 4 * ROWS)
 
 
 def test_group_kernels_sums_by_source_and_pass():
