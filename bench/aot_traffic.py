@@ -31,6 +31,10 @@ def add_traffic(report: dict, hlo: str) -> dict:
                      f"against {step['collectives']}")
   step.update(hlo_report.traffic_figures(hlo, groups=True))
   config = benchlib.load_config(report["config"])
+  if config.train.global_batch_size != report["global_batch"]:
+    raise SystemExit(f"{report['config']} gives global batch {config.train.global_batch_size}, "
+                     f"the report {report['global_batch']}: it was compiled with --config.* "
+                     "overrides this script cannot see; recompile with --hlo_dir instead")
   kind = report["target"].split(":")[0]
   chip = (report.get("roofline") or {}).get("chip") or roofline.chip_figures(kind)
   report["roofline"] = aot.roofline_report(config, step, report["num_devices"], chip)

@@ -39,9 +39,10 @@ from ssacl_jax import config_lib
 # that many ways; 1: plain data parallelism), data loader workers per host, eval batch.
 TARGETS = {
     "tpu_v4_64": dict(fsdp=8, num_workers=4, eval_batch_size=64),
-    "tpu_v5e_64": dict(fsdp=1, num_workers=4, eval_batch_size=64),      # one image per chip
+    "tpu_v5e_32": dict(fsdp=32, num_workers=4, eval_batch_size=64),
+    "tpu_v5e_64": dict(fsdp=1, num_workers=4, eval_batch_size=64),
     "tpu_v5e_256": dict(fsdp=16, num_workers=4, eval_batch_size=256),   # one image per chip
-    "tpu_v5p_32": dict(fsdp=1, num_workers=4, eval_batch_size=128),
+    "tpu_v5p_32": dict(fsdp=16, num_workers=4, eval_batch_size=128),
     "tpu_v5p_128": dict(fsdp=16, num_workers=4, eval_batch_size=128),
     "gpu_8xh200": dict(fsdp=8, num_workers=8, eval_batch_size=64),
 }

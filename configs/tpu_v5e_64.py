@@ -1,13 +1,15 @@
 """SS-ACL at the paper's sizes on a Cloud TPU v5e-64 slice (v5litepod-64: 8x8 chips, 16 GiB
-HBM each, 16 hosts of 4 chips): the v5e slice recommended for the paper recipe.
+HBM each, 16 hosts of 4 chips).
 
 Mesh (data 64, fsdp 1, tensor 1): plain data parallelism, 4 examples per chip at the
 paper's global batch of 256; parameters and AdamW state (3.0 GiB) fit on every chip, so
 no weight is gathered and each step all-reduces the gradients once. bfloat16 compute,
 float32 parameters and optimizer state, no rematerialisation.
 
-Predicted (offline roofline, bench/RESULTS.md "Recommended slice"): 52 ms per step, bound
-by HBM traffic, MFU <= 20%; 51 epochs (53,790 steps) in 0.78 h.
+Predicted (offline roofline of the compiled step, bench/RESULTS.md "Recommended slice"):
+20.0 ms per step overlapped, 38.7 ms with nothing overlapped (MFU 59-30%); 51 epochs in
+0.30-0.58 h. Four examples per chip leave the chips idle a third of the time or more: the
+recommended v5e slice is the v5e-32 (configs/tpu_v5e_32.py).
 
 Launch:
 

@@ -135,7 +135,7 @@ def test_generation_batch_rounds_up_to_the_batch_shards():
 POD_CONFIGS = {"tpu_v5e_256": "v5e:16x16", "tpu_v5p_128": "v5p:4x4x4",
                "tpu_v4_64": "v4:2x4x4", "gpu_8xh200": "h200:1x1x8",
                # the recommended slices for the paper recipe (bench/RESULTS.md)
-               "tpu_v5p_32": "v5p:2x2x4", "tpu_v5e_64": "v5e:8x8"}
+               "tpu_v5p_32": "v5p:2x2x4", "tpu_v5e_32": "v5e:4x8", "tpu_v5e_64": "v5e:8x8"}
 
 
 @pytest.mark.parametrize("name", sorted(POD_CONFIGS))
