@@ -54,7 +54,7 @@ def markdown(rows: list[dict]) -> str:
         f"| {r['step_ms']:.1f} .. {r['serial_ms']:.1f} | {r['binding']} "
         f"| {r['mfu_if_serial']:.0%} .. {r['mfu_upper_bound']:.0%} "
         f"| {r['paper_hours']:.2f} .. {r['paper_hours_if_serial']:.2f} "
-        f"| {r['step_ms_with_xla_bytes']:.1f} |")
+        + (f"| {r['step_ms_with_xla_bytes']:.1f} |" if r["step_ms_with_xla_bytes"] else "| n/a |"))
   return "\n".join(lines)
 
 
