@@ -209,17 +209,18 @@ def test_pretraining_lowers_total_lm_and_ir_losses_on_one_fixed_batch():
   config.optim.learning_rate, config.optim.warmup_steps = 3e-3, 0
   config.train.num_steps = 1000   # so the cosine decay barely moves over the steps
   mesh = sharding.make_mesh(config, jax.devices()[:1])
-  jax.set_mesh(mesh)
-  model = ssacl.build_model(config.model)
-  batch, tokens = random_batch(config, 8)
-  setup = state_lib.setup_state(config, model, mesh, tokens, ssacl.dummy_batch(config, 1))
-  state = setup.init_fn(jax.random.key(0))
-  step = jax.jit(steps.make_train_step(config, setup, ssacl.LOSS_NAMES),
-                 compiler_options=FAST_COMPILE)
   losses = []
-  for _ in range(LEARNING_STEPS + 1):   # each step's metrics are the losses before its update
-    state, metrics = step(state, batch, *tokens, jax.random.key(1))
-    losses.append({k: float(metrics[k]) for k in LEARNING_MARGINS})
+  # A context, not a global mesh: later tests in this worker build 8-device meshes.
+  with jax.set_mesh(mesh):
+    model = ssacl.build_model(config.model)
+    batch, tokens = random_batch(config, 8)
+    setup = state_lib.setup_state(config, model, mesh, tokens, ssacl.dummy_batch(config, 1))
+    state = setup.init_fn(jax.random.key(0))
+    step = jax.jit(steps.make_train_step(config, setup, ssacl.LOSS_NAMES),
+                   compiler_options=FAST_COMPILE)
+    for _ in range(LEARNING_STEPS + 1):   # each step's metrics are the losses before its update
+      state, metrics = step(state, batch, *tokens, jax.random.key(1))
+      losses.append({k: float(metrics[k]) for k in LEARNING_MARGINS})
   first, last = losses[0], losses[-1]
   for k, margin in LEARNING_MARGINS.items():
     assert last[k] < (1 - margin) * first[k], f"{k}: {first[k]:.4f} -> {last[k]:.4f}"
