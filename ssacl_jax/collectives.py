@@ -24,8 +24,7 @@ import re
 
 from ssacl_jax import hlo_text
 
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute",
-               "all-to-all")
+COLLECTIVES = hlo_text.COLLECTIVES
 # Ops a parameter passes through on its way to a collective (a cast, a layout change).
 _PASS_THROUGH = {"convert", "bitcast", "copy", "reshape", "transpose", "get-tuple-element",
                  "fusion", "copy-start", "copy-done", "bitcast-convert", "slice",
@@ -33,7 +32,6 @@ _PASS_THROUGH = {"convert", "bitcast", "copy", "reshape", "transpose", "get-tupl
 _TRACE_DEPTH = 8
 
 _PARAM_PATH = re.compile(r"\[\\?'([^'\\]*)\\?'\]")
-_CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +128,7 @@ def collective_ops(hlo: str, num_devices: int = 1, dedupe: bool = True) -> list[
         arrays = arrays[len(arrays) // 2:] if len(arrays) > 1 else arrays
       if not arrays:
         continue
-      channel = _CHANNEL.search(ins.rest)
+      channel = hlo_text.CHANNEL.search(ins.rest)
       if dedupe and channel and channel.group(1) != "1":
         if (op, channel.group(1)) in seen:
           continue

@@ -31,18 +31,15 @@ reports XLA's figure, and the step that figure would give, beside it.
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from ssacl_jax import hlo_text
 
 # Move no device memory by themselves (their data is counted where it is produced or used).
+# Async "-done" halves are free too (kernels() skips every opcode ending in "-done").
 FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while",
-        "conditional", "call", "after-all", "partition-id", "replica-id", "copy-done",
-        "async-done", "all-gather-done", "all-reduce-done", "collective-permute-done",
-        "send-done", "recv-done", "opt-barrier", "optimization-barrier", "add-dependency",
-        "domain"}
+        "conditional", "call", "after-all", "partition-id", "replica-id", "opt-barrier",
+        "optimization-barrier", "add-dependency", "domain"}
 _SLICES = {"slice", "dynamic-slice"}
-_CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 # Calls that run their callee as separate kernels (its instructions are counted there).
 _CONTROL_FLOW = {"while", "conditional", "call"}
 
@@ -68,10 +65,6 @@ class _Access:
   update: int | None      # bytes of an in-place dynamic-update-slice root, else None
   passed_through: set     # parameter indices the root only returns (aliased, unread)
   outputs: tuple          # per root tuple element: 'param', ('channel', id) or None
-
-
-_COLLECTIVE_OPS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all",
-                   "collective-permute")
 
 
 def _fusion_access(body: list[hlo_text.Instruction]) -> _Access:
@@ -111,8 +104,8 @@ def _fusion_access(body: list[hlo_text.Instruction]) -> _Access:
         return None
       if ins.opcode == "parameter":
         return "param"
-      channel = _CHANNEL.search(ins.rest)
-      if ins.opcode.removesuffix("-start") in _COLLECTIVE_OPS and channel:
+      channel = hlo_text.CHANNEL.search(ins.rest)
+      if ins.opcode.removesuffix("-start") in hlo_text.COLLECTIVES and channel:
         return ("channel", ins.opcode.removesuffix("-start"), channel.group(1))
       return None
     outputs = tuple(output(name) for name in root.operands)

@@ -25,6 +25,9 @@ CALLEES = re.compile(r"\b(?:calls|to_apply|body|condition|branch_computations)="
                      r"(\{[^}]*\}|%[\w.\-]+)")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 OP_NAME = re.compile(r'op_name="([^"]*)"')
+CHANNEL = re.compile(r"\bchannel_id=(\d+)")
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute",
+               "all-to-all")
 
 
 @dataclasses.dataclass(frozen=True)
